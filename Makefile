@@ -1,0 +1,24 @@
+# The project's front door; CI runs the same commands (see .ci/run).
+PY ?= python
+
+.PHONY: install test lint annotate bench clean
+
+install:
+	pip install -e '.[test,dev]'
+
+test:
+	pytest
+
+lint:
+	ruff check proxy tests bench
+	cython-lint proxy/*.pyx
+
+annotate:
+	cython -a -3 proxy/_core.pyx -o build/_core.c && echo "see build/_core.html"
+
+bench:
+	$(PY) -m bench overhead --quick
+	$(PY) -m bench overload --quick
+
+clean:
+	rm -rf build dist *.egg-info proxy/*.so proxy/*.c proxy/*.html

@@ -1,0 +1,5 @@
+"""``python -m proxy`` is the ``maitred`` command."""
+
+from proxy.cli import main
+
+main(prog_name="maitred")

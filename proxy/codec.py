@@ -1,0 +1,441 @@
+"""The HTTP/1.1 codec: the narrow interface the data path speaks.
+
+The data path never parses or writes HTTP itself. Each client connection
+owns a *client codec* (we are the server there) and each upstream connection
+an *upstream codec* (we are the client there). Both are fed raw bytes and
+give back events; both turn messages into bytes to write. An engine is a
+pair of factories for the two codecs.
+
+Events returned by ``next_event()``:
+
+- a :class:`RequestHead` or :class:`ResponseHead` (a message head, parsed);
+- ``bytes``: a piece of body, already de-framed (chunk sizes removed);
+- ``END``: the message is complete;
+- ``NEED_DATA``: feed more bytes first;
+- ``PAUSED``: the current exchange is complete and the next message must
+  wait until ``next_cycle()``.
+
+Malformed input raises an :class:`~proxy.errors.HttpError` carrying the
+status the client gets. Every forwarded head is re-serialised from parsed
+fields; raw head bytes never cross the proxy, so the backend cannot frame
+a message differently from how the proxy framed it.
+
+Two engines implement this: ``h11`` (below), the pure-Python reference,
+and ``compiled``, which must accept, reject and frame exactly as it does.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import h11
+
+from proxy.errors import (
+    BadRequest,
+    HeadersTooLarge,
+    HttpError,
+    NotImplementedMethod,
+    UpstreamError,
+    UriTooLong,
+    VersionNotSupported,
+)
+
+
+class _Marker:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NEED_DATA: Final = _Marker("NEED_DATA")
+PAUSED: Final = _Marker("PAUSED")
+END: Final = _Marker("END")
+
+# Headers that describe one hop, never forwarded (RFC 9110 7.6.1), plus the
+# framing headers, which each hop sets for itself.
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+    }
+)
+
+# Names the proxy sets itself: a client's Connection header cannot strip them.
+PROXY_OWNED: Final = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+)
+
+IDEMPOTENT: Final = frozenset(
+    {b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"}
+)
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class RequestHead:
+    """A parsed request head. ``headers`` are (name as sent, value) pairs."""
+
+    __slots__ = (
+        "method",
+        "target",
+        "version",
+        "headers",
+        "content_length",
+        "chunked",
+        "keep_alive",
+        "expect_continue",
+    )
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        headers: Headers,
+        content_length: int | None,
+        chunked: bool,
+        keep_alive: bool,
+        expect_continue: bool,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+class ResponseHead:
+    """A parsed response head (final or 1xx)."""
+
+    __slots__ = ("status", "reason", "version", "headers", "content_length",
+                 "chunked", "keep_alive")
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        version: bytes,
+        headers: Headers,
+        content_length: int | None,
+        chunked: bool,
+        keep_alive: bool,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+
+
+def connection_tokens(headers: Headers) -> set[bytes]:
+    """The lower-cased names listed in every Connection header."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            for token in value.split(b","):
+                tokens.add(token.strip().lower())
+    return tokens
+
+
+def end_to_end(headers: Headers) -> Headers:
+    """Drop hop-by-hop headers and those the Connection header names."""
+    dropped = HOP_BY_HOP | (connection_tokens(headers) - PROXY_OWNED)
+    return [(n, v) for n, v in headers if n.lower() not in dropped]
+
+
+# -- the h11 engine ---------------------------------------------------------
+
+
+def _framing(headers: h11._headers.Headers) -> tuple[int | None, bool]:
+    length = None
+    chunked = False
+    for name, value in headers:
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = True
+    return length, chunked
+
+
+def _raw(headers: h11._headers.Headers) -> Headers:
+    return list(headers.raw_items())
+
+
+def _translate(exc: h11.RemoteProtocolError) -> HttpError:
+    """The one place h11's errors become maitred's."""
+    status = exc.error_status_hint
+    if status == 431:
+        return HeadersTooLarge(str(exc))
+    if status == 501:
+        return NotImplementedMethod(str(exc))
+    return BadRequest(str(exc))
+
+
+class H11ClientCodec:
+    """The client side of a connection, on h11 (we are the server)."""
+
+    __slots__ = ("_conn", "_max_target", "_head_bytes")
+
+    def __init__(self, max_head: int, max_target: int) -> None:
+        self._conn = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=max_head
+        )
+        self._max_target = max_target
+        self._head_bytes = b""
+
+    def receive(self, data: bytes) -> None:
+        """Feed bytes from the client; ``b""`` means the client sent EOF."""
+        if self._conn.their_state is h11.IDLE and data:
+            self._scan_head(data)
+        self._conn.receive_data(data)
+
+    def _scan_head(self, data: bytes) -> None:
+        # h11 unfolds obs-fold lines; RFC 9112 5.2 lets a proxy reject them,
+        # and we do, because a folded framing header is a smuggling vector.
+        head = self._head_bytes + data
+        end = head.find(b"\n\r\n")
+        if end < 0:
+            end = head.find(b"\n\n")
+        scan = head if end < 0 else head[: end + 1]
+        if b"\n " in scan or b"\n\t" in scan:
+            raise BadRequest("obsolete line folding in the request head")
+        self._head_bytes = head[-3:] if end < 0 else b""
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet turned into events."""
+        return len(self._conn.trailing_data[0])
+
+    def next_event(self) -> object:
+        try:
+            event = self._conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise _translate(exc) from None
+        kind = type(event)
+        if kind is h11.Data:
+            return bytes(event.data)
+        if kind is h11.Request:
+            return self._request_head(event)
+        if kind is h11.EndOfMessage:
+            return END
+        if event is h11.NEED_DATA:
+            return NEED_DATA
+        if event is h11.PAUSED:
+            return PAUSED
+        if kind is h11.ConnectionClosed:
+            return END
+        raise BadRequest(f"unexpected {kind.__name__}")
+
+    def _request_head(self, event: h11.Request) -> RequestHead:
+        self._head_bytes = b""
+        if event.http_version not in (b"1.1", b"1.0"):
+            raise VersionNotSupported(
+                f"HTTP/{event.http_version.decode()} is not supported"
+            )
+        if len(event.target) > self._max_target:
+            raise UriTooLong(f"request target of {len(event.target)} bytes")
+        if event.method == b"CONNECT":
+            raise NotImplementedMethod("CONNECT is not supported")
+        length, chunked = _framing(event.headers)
+        if chunked and length is not None:
+            raise BadRequest("both Content-Length and Transfer-Encoding")
+        expect = any(
+            n == b"expect" and v.lower() == b"100-continue"
+            for n, v in event.headers
+        )
+        return RequestHead(
+            event.method,
+            event.target,
+            event.http_version,
+            _raw(event.headers),
+            length,
+            chunked,
+            self._conn.their_state is not h11.MUST_CLOSE
+            and self._keep_alive(event),
+            expect,
+        )
+
+    @staticmethod
+    def _keep_alive(event: h11.Request) -> bool:
+        if event.http_version == b"1.0":
+            return False
+        for name, value in event.headers:
+            if name == b"connection" and b"close" in value.lower():
+                return False
+        return True
+
+    def continue_(self) -> bytes:
+        """A 100 Continue, for a client that asked for one."""
+        return self._conn.send(h11.InformationalResponse(status_code=100))
+
+    def response_head(self, head: ResponseHead, headers: Headers) -> bytes:
+        """Serialise a response head for the client, framing chosen here."""
+        if head.content_length is not None and not head.chunked:
+            headers.append((b"Content-Length", b"%d" % head.content_length))
+        if head.status < 200:
+            event = h11.InformationalResponse(
+                status_code=head.status, headers=headers, reason=head.reason
+            )
+        else:
+            event = h11.Response(
+                status_code=head.status, headers=headers, reason=head.reason
+            )
+        return self._conn.send(event)
+
+    def body(self, data: bytes) -> bytes:
+        return self._conn.send(h11.Data(data=data))
+
+    def end(self) -> bytes:
+        return self._conn.send(h11.EndOfMessage())
+
+    def canned(self, status: int, reason: bytes, headers: Headers,
+               body: bytes) -> bytes:
+        """A complete response the proxy makes itself (a shed, an error)."""
+        headers = headers + [(b"Content-Length", b"%d" % len(body))]
+        conn = self._conn
+        if conn.our_state is not h11.SEND_RESPONSE:
+            # No request was parsed (or it was rejected): write it raw.
+            return _raw_response(status, reason, headers, body)
+        data = conn.send(
+            h11.Response(status_code=status, headers=headers, reason=reason)
+        )
+        return data + conn.send(h11.Data(data=body)) + conn.send(
+            h11.EndOfMessage()
+        )
+
+    def next_cycle(self) -> bool:
+        """Get ready for the next request; False if the connection must close."""
+        conn = self._conn
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            return True
+        return False
+
+
+def _raw_response(status: int, reason: bytes, headers: Headers,
+                  body: bytes) -> bytes:
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    lines.extend(b"%s: %s\r\n" % (n, v) for n, v in headers)
+    lines.append(b"\r\n")
+    return b"".join(lines) + body
+
+
+class H11UpstreamCodec:
+    """The upstream side of a connection, on h11 (we are the client)."""
+
+    __slots__ = ("_conn", "_method")
+
+    def __init__(self, max_head: int) -> None:
+        self._conn = h11.Connection(
+            h11.CLIENT, max_incomplete_event_size=max_head
+        )
+        self._method = b""
+
+    def request_head(
+        self, method: bytes, target: bytes, headers: Headers,
+        content_length: int | None, chunked: bool,
+    ) -> bytes:
+        if chunked:
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        elif content_length is not None:
+            headers.append((b"Content-Length", b"%d" % content_length))
+        self._method = method
+        return self._conn.send(
+            h11.Request(method=method, target=target, headers=headers)
+        )
+
+    def body(self, data: bytes) -> bytes:
+        return self._conn.send(h11.Data(data=data))
+
+    def end(self) -> bytes:
+        return self._conn.send(h11.EndOfMessage())
+
+    def receive(self, data: bytes) -> None:
+        self._conn.receive_data(data)
+
+    def next_event(self) -> object:
+        try:
+            event = self._conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise UpstreamError(f"malformed response: {exc}") from None
+        kind = type(event)
+        if kind is h11.Data:
+            return bytes(event.data)
+        if kind is h11.Response or kind is h11.InformationalResponse:
+            return self._response_head(event)
+        if kind is h11.EndOfMessage:
+            return END
+        if event is h11.NEED_DATA:
+            return NEED_DATA
+        if event is h11.PAUSED:
+            return PAUSED
+        if kind is h11.ConnectionClosed:
+            raise UpstreamError("upstream closed the connection")
+        raise UpstreamError(f"unexpected {kind.__name__}")
+
+    def _response_head(self, event: h11.Response) -> ResponseHead:
+        # The declared framing: for HEAD, 204 and 304 it describes a body
+        # that is not there, and h11 already knows to read none.
+        length, chunked = _framing(event.headers)
+        return ResponseHead(
+            event.status_code,
+            event.reason,
+            event.http_version,
+            _raw(event.headers),
+            length,
+            chunked,
+            self._conn.their_state is not h11.MUST_CLOSE,
+        )
+
+    @property
+    def reusable(self) -> bool:
+        """True once the exchange ended cleanly and keep-alive holds."""
+        conn = self._conn
+        return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+
+    def next_cycle(self) -> None:
+        self._conn.start_next_cycle()
+
+
+class H11Engine:
+    """The reference engine: h11 on both sides."""
+
+    name = "h11"
+
+    def __init__(self, max_head: int, max_target: int) -> None:
+        self.max_head = max_head
+        self.max_target = max_target
+
+    def client_codec(self) -> H11ClientCodec:
+        return H11ClientCodec(self.max_head, self.max_target)
+
+    def upstream_codec(self) -> H11UpstreamCodec:
+        return H11UpstreamCodec(max(self.max_head, 64 * 1024))
+
+
+def make_engine(name: str, max_head: int, max_target: int) -> H11Engine:
+    """The engine ``[listen] http_engine`` names."""
+    if name == "h11":
+        return H11Engine(max_head, max_target)
+    raise ValueError(f"http_engine {name!r} is not available in this build")

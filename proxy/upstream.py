@@ -1,0 +1,179 @@
+"""The upstream side: connections to the backend and their keep-alive pool.
+
+An upstream connection serves one client request at a time. While it does,
+it is *attached* to that client connection and hands it every event; the
+client decides what to relay. When the exchange ends cleanly the
+connection goes back to the pool; any doubt (an early response, a body
+left half-sent, a framing error) closes it instead.
+
+The pool is a stack of idle connections: the most recently used is the
+most likely to be alive. A connection the backend closed while idle is
+noticed by its own EOF and leaves the pool at once; the rare one that dies
+between ``take()`` and the first response byte is what the client's single
+retry of an idempotent request is for.
+
+New connections are opened by a task (asyncio's create_connection is a
+coroutine): one per new connection, not one per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from typing import TYPE_CHECKING
+
+from proxy._core import OUTCOME_UPSTREAM_ERROR
+from proxy.errors import UpstreamError
+
+if TYPE_CHECKING:
+    from proxy.client import ClientProtocol
+    from proxy.server import Proxy
+
+log = logging.getLogger("maitred.error")
+
+# Write buffer marks: past HIGH the client stops reading (back-pressure).
+_WRITE_HIGH = 64 * 1024
+_WRITE_LOW = 16 * 1024
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    __slots__ = ("pool", "codec", "transport", "client", "closed", "received")
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.codec = pool.engine.upstream_codec()
+        self.transport: asyncio.Transport | None = None
+        self.client: ClientProtocol | None = None
+        self.closed = False
+        self.received = False
+
+    def attach(self, client: ClientProtocol) -> None:
+        self.client = client
+        self.received = False
+
+    def detach(self) -> None:
+        self.client = None
+        if not self.closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    # -- asyncio callbacks --------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(_WRITE_HIGH, _WRITE_LOW)
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None:
+            # Bytes on an idle connection: the backend is confused; drop it.
+            self.abort()
+            return
+        self.received = True
+        self.codec.receive(data)
+        client.upstream_data(self)
+
+    def eof_received(self) -> bool:
+        client = self.client
+        if client is not None:
+            # The end of a read-until-close body, or a truncation.
+            self.codec.receive(b"")
+            client.upstream_data(self)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        client = self.client
+        if client is not None:
+            self.client = None
+            reason = f"upstream connection lost: {exc}" if exc else (
+                "upstream closed the connection"
+            )
+            client.upstream_failed(UpstreamError(reason), OUTCOME_UPSTREAM_ERROR)
+
+    def pause_writing(self) -> None:
+        if self.client is not None:
+            self.client.upload_paused(True)
+
+    def resume_writing(self) -> None:
+        if self.client is not None:
+            self.client.upload_paused(False)
+
+
+class UpstreamPool:
+    """Keep-alive connections to one backend address."""
+
+    def __init__(self, proxy: Proxy, host: str, port: int, max_idle: int) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.engine = proxy.engine
+        self.host = host
+        self.port = port
+        self.max_idle = max_idle
+        self.idle: list[UpstreamProtocol] = []
+        self._factory = functools.partial(UpstreamProtocol, self)
+
+    def take(self) -> UpstreamProtocol | None:
+        """The most recently used idle connection still open, if any."""
+        idle = self.idle
+        while idle:
+            up = idle.pop()
+            if not up.closed and not up.transport.is_closing():
+                return up
+        return None
+
+    def put(self, up: UpstreamProtocol) -> None:
+        if up.closed or len(self.idle) >= self.max_idle:
+            up.close()
+        else:
+            self.idle.append(up)
+
+    def forget(self, up: UpstreamProtocol) -> None:
+        try:
+            self.idle.remove(up)
+        except ValueError:
+            pass
+
+    def connect(self, client: ClientProtocol) -> asyncio.Task:
+        """Open a new connection for ``client``; it is told how it went."""
+        task = self.loop.create_task(
+            self.loop.create_connection(self._factory, self.host, self.port)
+        )
+        task.add_done_callback(functools.partial(self._connected, client))
+        return task
+
+    def _connected(self, client: ClientProtocol, task: asyncio.Task) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if client.connecting is not task:
+            if exc is None:
+                self.put(task.result()[1])
+            return
+        if exc is not None:
+            client.connecting = None
+            client.upstream_failed(
+                UpstreamError(f"cannot connect to upstream: {_describe(exc)}"),
+                OUTCOME_UPSTREAM_ERROR,
+            )
+            return
+        client.upstream_connected(task.result()[1])
+
+    def close(self) -> None:
+        for up in self.idle:
+            up.close()
+        self.idle.clear()
+
+
+def _describe(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
