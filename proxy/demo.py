@@ -256,8 +256,8 @@ async def run_demo(port: int, with_load: bool, echo) -> None:
         if with_load:
             await _burst_and_report(backend, proxy, echo)
         else:
-            echo("serving; try: curl -i http://127.0.0.1:%d/  (Ctrl-C stops)"
-                 % proxy.address[1])
+            echo(f"serving; try: curl -i http://127.0.0.1:{proxy.address[1]}/"
+                 "  (Ctrl-C stops)")
             await asyncio.Event().wait()
     finally:
         await proxy.drain(1.0)

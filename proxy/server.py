@@ -17,7 +17,8 @@ import time
 from proxy import _core
 from proxy.client import HEAD, ClientProtocol
 from proxy.codec import make_engine
-from proxy.config import Settings
+from proxy.config import FIELDS, LIVE_KEYS, Settings, live_fields, load
+from proxy.errors import ConfigError
 from proxy.responses import raw_shed, retry_after
 from proxy.upstream import UpstreamPool
 
@@ -27,6 +28,15 @@ log = logging.getLogger("maitred.error")
 TICK = 0.01
 # How often the Retry-After estimate is refreshed.
 _RETRY_AFTER_EVERY = 1.0
+# Live settings whose config name differs from the core's.
+_CORE_NAMES = {
+    "connect_timeout": "connect",
+    "response_timeout": "response",
+    "read_timeout": "read",
+}
+_LIVE_FIELDS = {f.key: f for f in live_fields()}
+# Live settings the proxy keeps itself (they are not admission limits).
+_PROXY_LIMITS = frozenset({"max_body", "max_head", "max_target"})
 
 
 class Proxy:
@@ -102,19 +112,84 @@ class Proxy:
 
     # -- live changes ---------------------------------------------------------
 
-    def set_limits(self, **limits: float) -> None:
-        """Change limits and timeouts at once; waiters the new cap admits go."""
-        max_body = limits.pop("max_body", None)
-        for waiter in self.core.set_limits(**limits):
+    def set_limits(self, changes: dict[str, float], who: str) -> None:
+        """Apply validated live settings (config names) at once.
+
+        Waiters a raised cap admits go upstream now; lowering a cap cancels
+        nothing. One log line per change says who, old and new.
+        """
+        before = self.limits()
+        core_changes = {
+            _CORE_NAMES.get(key, key): value
+            for key, value in changes.items()
+            if key not in _PROXY_LIMITS
+        }
+        admitted = self.core.set_limits(**core_changes)
+        self.max_body = int(changes.get("max_body", self.max_body))
+        self.engine.max_head = int(changes.get("max_head", self.engine.max_head))
+        self.engine.max_target = int(
+            changes.get("max_target", self.engine.max_target)
+        )
+        for key, value in changes.items():
+            if before[key] != value:
+                kind = _LIVE_FIELDS[key].kind
+                log.info("limit %s: %s -> %s (by %s)", key,
+                         kind.format(before[key]), kind.format(value), who)
+        for waiter in admitted:
             waiter.owner.admitted()
-        if max_body is not None:
-            self.max_body = int(max_body)
         self._refresh_retry_after()
 
     def limits(self) -> dict[str, float]:
-        limits = self.core.limits()
+        """The live settings in force, by their config names."""
+        core = self.core.limits()
+        limits = {key: core[_CORE_NAMES.get(key, key)]
+                  for key in LIVE_KEYS if key not in _PROXY_LIMITS}
         limits["max_body"] = self.max_body
+        limits["max_head"] = self.engine.max_head
+        limits["max_target"] = self.engine.max_target
         return limits
+
+    def status(self) -> dict:
+        """A JSON-ready snapshot for the admin API and ``maitred status``."""
+        stats = self.core.stats()
+        histograms = {}
+        for name in ("queue_wait", "upstream_duration"):
+            bounds, counts, total = self.core.histogram(name)
+            histograms[name] = {"bounds": list(bounds), "counts": counts,
+                                "sum": total}
+        return {
+            "inflight": stats["inflight"],
+            "queued": stats["queued"],
+            "connections": stats["connections"],
+            "draining": self.draining,
+            "limits": self.limits(),
+            "counters": {
+                "admitted": stats["admitted"],
+                "enqueued": stats["enqueued"],
+                "requests": stats["requests"],
+                "shed": stats["shed"],
+            },
+            "histograms": histograms,
+            "engine": self.engine.name,
+        }
+
+    def reload(self, settings: Settings) -> None:
+        """Apply a re-read config: live settings now, the rest at restart."""
+        current = self.limits()
+        fresh = {key: getattr(getattr(settings, f.section), key)
+                 for f in live_fields() for key in [f.key]}
+        changed = {k: v for k, v in fresh.items() if current[k] != v}
+        if changed:
+            self.set_limits(changed, who="SIGHUP reload")
+        static = [
+            f.name for f in FIELDS
+            if not f.live
+            and getattr(getattr(settings, f.section), f.key)
+            != getattr(getattr(self.settings, f.section), f.key)
+        ]
+        if static:
+            log.warning("reload: %s change only at restart", ", ".join(static))
+        self.settings = settings
 
     # -- draining -------------------------------------------------------------
 
@@ -165,15 +240,21 @@ def serve(settings: Settings) -> None:
 
 
 async def _serve(settings: Settings) -> None:
+    from proxy.admin import AdminServer
+
     loop = asyncio.get_running_loop()
     proxy = Proxy(settings)
     await proxy.start()
+    admin = AdminServer(proxy, settings.admin_token)
+    await admin.start(*settings.admin.address)
+    for warning in settings.warnings:
+        log.warning("config: %s", warning)
     host, port = proxy.address
     upstream = settings.upstream
     log.info(
-        "maitred listening on %s:%d, upstream %s:%d, max_concurrency %d, "
-        "max_queue %d, engine %s",
-        host, port, upstream.host, upstream.port,
+        "maitred listening on %s:%d, upstream %s:%d, admin %s:%d, "
+        "max_concurrency %d, max_queue %d, engine %s",
+        host, port, upstream.host, upstream.port, *admin.address,
         settings.limits.max_concurrency, settings.limits.max_queue,
         proxy.engine.name,
     )
@@ -183,15 +264,27 @@ async def _serve(settings: Settings) -> None:
         if stop.is_set():
             log.warning("second %s: exiting at once", name)
             os._exit(1)
-        log.info("%s: draining for up to %ss", name, settings.timeouts.shutdown)
+        log.info("%s: draining for up to %ss", name,
+                 proxy.limits()["shutdown"])
         stop.set()
+
+    def on_reload_signal() -> None:
+        try:
+            fresh = load(settings.source)
+        except ConfigError as err:
+            log.error("SIGHUP: config not reloaded, keeping the old one: %s", err)
+            return
+        proxy.reload(fresh)
+        log.info("SIGHUP: config reloaded from %s", settings.source or "environment")
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop_signal, sig.name)
+    loop.add_signal_handler(signal.SIGHUP, on_reload_signal)
     await stop.wait()
-    finished = await proxy.drain(settings.timeouts.shutdown)
+    finished = await proxy.drain(proxy.limits()["shutdown"])
     if not finished:
         log.warning("shutdown timeout: cutting %d in-flight requests",
                     proxy.core.inflight)
+    admin.close()
     await proxy.close()
     log.info("maitred stopped")

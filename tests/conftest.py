@@ -65,7 +65,7 @@ class Harness:
         return self.loop.call(self.proxy.core.stats)
 
     def set_limits(self, **limits) -> None:
-        self.loop.call(lambda: self.proxy.set_limits(**limits))
+        self.loop.call(lambda: self.proxy.set_limits(limits, who="test"))
 
     def connect(self, timeout: float = 5.0) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
