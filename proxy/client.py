@@ -159,11 +159,17 @@ class ClientProtocol(asyncio.Protocol):
         self._pump()
 
     def eof_received(self) -> bool:
-        if self.phase in (HEAD, QUEUED_PHASE) or not self.request_done:
+        request = self.request
+        complete = self.request_done or (
+            request is not None and not request.has_body
+        )
+        if self.phase in (HEAD, QUEUED_PHASE) or not complete:
             # Gone before its request was complete, or while it waited:
             # nobody is left to answer. connection_lost does the accounting.
             return False
-        # A half-close after a complete request: answer, then close.
+        # A half-close after a complete request (a request without a body is
+        # complete with its head, even before the codec yields its end):
+        # answer, then close.
         self.keep_alive = False
         return True
 
@@ -205,6 +211,8 @@ class ClientProtocol(asyncio.Protocol):
             elif event is END:
                 self._request_end()
             elif event is NEED_DATA:
+                # What piled up while queued or connecting is taken.
+                self._resume(_PAUSE_BUFFER)
                 return
             elif event is PAUSED:
                 break
@@ -498,6 +506,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         self.phase = HEAD
         self.request = None
+        self.response_started = False
         self.core.arm(
             self.timer,
             PHASE_CLIENT_HEADER if self.codec.buffered else PHASE_IDLE,

@@ -192,35 +192,82 @@ def _translate(exc: h11.RemoteProtocolError) -> HttpError:
     return BadRequest(str(exc))
 
 
-class H11ClientCodec:
-    """The client side of a connection, on h11 (we are the server)."""
+# Where a client codec is in scanning the next request head.
+_SCANNING: Final = 0  # every byte received belongs to it until its end
+_PENDING: Final = 1  # a new cycle: bytes already received must be scanned
+_SCANNED: Final = 2  # its end was seen; what follows is not head
 
-    __slots__ = ("_conn", "_max_target", "_head_bytes")
+
+def _head_end(data: bytes) -> int:
+    """The offset just past the blank line that ends a head, or -1."""
+    crlf = data.find(b"\n\r\n")
+    lf = data.find(b"\n\n")
+    if lf < 0 and crlf < 0:
+        return -1
+    if lf < 0 or 0 <= crlf < lf:
+        return crlf + 3
+    return lf + 2
+
+
+class H11ClientCodec:
+    """The client side of a connection, on h11 (we are the server).
+
+    Every request head is scanned as raw bytes before h11 parses it, for
+    what h11 lets through: obs-fold lines (h11 unfolds them; RFC 9112 5.2
+    lets a proxy reject them, and we do, because a folded framing header is
+    a smuggling vector) and a head over ``max_head`` that arrived whole in
+    one read (h11 measures only a head still incomplete). Bytes that came
+    in while the previous exchange was still going (pipelining) are
+    scanned when the next cycle starts.
+    """
+
+    __slots__ = ("_conn", "_max_head", "_max_target", "_tail", "_head_size",
+                 "_scan")
 
     def __init__(self, max_head: int, max_target: int) -> None:
         self._conn = h11.Connection(
             h11.SERVER, max_incomplete_event_size=max_head
         )
+        self._max_head = max_head
         self._max_target = max_target
-        self._head_bytes = b""
+        self._start_head(_SCANNING)
+
+    def _start_head(self, scan: int) -> None:
+        self._tail = b""  # the last bytes scanned, for a mark split in two
+        self._head_size = 0
+        self._scan = scan
 
     def receive(self, data: bytes) -> None:
         """Feed bytes from the client; ``b""`` means the client sent EOF."""
-        if self._conn.their_state is h11.IDLE and data:
-            self._scan_head(data)
+        if self._scan != _SCANNED and data:
+            self._catch_up()
+            if self._scan == _SCANNING:
+                self._scan_head(data)
         self._conn.receive_data(data)
 
+    def _catch_up(self) -> None:
+        # The next head may have begun in bytes received before its cycle.
+        if self._scan == _PENDING:
+            self._scan = _SCANNING
+            pending = self._conn.trailing_data[0]
+            if pending:
+                self._scan_head(pending)
+
     def _scan_head(self, data: bytes) -> None:
-        # h11 unfolds obs-fold lines; RFC 9112 5.2 lets a proxy reject them,
-        # and we do, because a folded framing header is a smuggling vector.
-        head = self._head_bytes + data
-        end = head.find(b"\n\r\n")
+        head = self._tail + data
+        end = _head_end(head)
         if end < 0:
-            end = head.find(b"\n\n")
-        scan = head if end < 0 else head[: end + 1]
+            scan = head
+            self._head_size += len(data)
+            self._tail = head[-3:]
+        else:
+            scan = head[:end]
+            self._head_size += end - len(self._tail)
+            self._scan = _SCANNED
         if b"\n " in scan or b"\n\t" in scan:
             raise BadRequest("obsolete line folding in the request head")
-        self._head_bytes = head[-3:] if end < 0 else b""
+        if self._head_size > self._max_head:
+            raise HeadersTooLarge(f"request head over {self._max_head} bytes")
 
     @property
     def buffered(self) -> int:
@@ -228,6 +275,7 @@ class H11ClientCodec:
         return len(self._conn.trailing_data[0])
 
     def next_event(self) -> object:
+        self._catch_up()
         try:
             event = self._conn.next_event()
         except h11.RemoteProtocolError as exc:
@@ -248,7 +296,6 @@ class H11ClientCodec:
         raise BadRequest(f"unexpected {kind.__name__}")
 
     def _request_head(self, event: h11.Request) -> RequestHead:
-        self._head_bytes = b""
         if event.http_version not in (b"1.1", b"1.0"):
             raise VersionNotSupported(
                 f"HTTP/{event.http_version.decode()} is not supported"
@@ -329,6 +376,7 @@ class H11ClientCodec:
         conn = self._conn
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
+            self._start_head(_PENDING)
             return True
         return False
 
@@ -410,9 +458,18 @@ class H11UpstreamCodec:
 
     @property
     def reusable(self) -> bool:
-        """True once the exchange ended cleanly and keep-alive holds."""
+        """True once the exchange ended cleanly and keep-alive holds.
+
+        Bytes past the response's end (a 304 or a HEAD answer carrying a
+        body it must not have) would be read as the next response: such a
+        connection is not reusable.
+        """
         conn = self._conn
-        return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+        return (
+            conn.our_state is h11.DONE
+            and conn.their_state is h11.DONE
+            and not conn.trailing_data[0]
+        )
 
     def next_cycle(self) -> None:
         self._conn.start_next_cycle()

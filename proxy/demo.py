@@ -9,6 +9,8 @@ can show that it never saw more than maitred's cap.
 
 Requests: any GET holds a seat for the service time (``?delay=MS``
 overrides it); a request with a body is echoed back after the same wait.
+For tests, ``hold()`` keeps every seated request waiting until ``resume()``,
+and the backend remembers what reached it (``connections``, ``targets``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ class SampleBackend:
         self.active = 0
         self.peak = 0
         self.served = 0
+        self.connections = 0  # connections accepted
+        self.targets: list[bytes] = []  # request targets, in arrival order
         self._seats: asyncio.Semaphore | None = None
+        self._open: asyncio.Event | None = None
         self._server: asyncio.AbstractServer | None = None
         self._handlers: set[asyncio.Task] = set()
 
@@ -49,7 +54,16 @@ class SampleBackend:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._seats = asyncio.Semaphore(self.seats)
+        self._open = asyncio.Event()
+        self._open.set()
         self._server = await asyncio.start_server(self._serve, host, port)
+
+    def hold(self) -> None:
+        """Keep every seated request waiting (in its seat) until resume()."""
+        self._open.clear()
+
+    def resume(self) -> None:
+        self._open.set()
 
     async def stop(self) -> None:
         self._server.close()
@@ -61,6 +75,7 @@ class SampleBackend:
                      writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self._handlers.add(task)
+        self.connections += 1
         conn = h11.Connection(h11.SERVER)
         try:
             while await self._one_exchange(conn, reader, writer):
@@ -75,11 +90,13 @@ class SampleBackend:
         request, body = await _read_request(conn, reader)
         if request is None:
             return False
+        self.targets.append(request.target)
         delay = _delay(request.target, self.service_time)
         async with self._seats:
             self.active += 1
             self.peak = max(self.peak, self.active)
             try:
+                await self._open.wait()
                 await asyncio.sleep(delay)
             finally:
                 self.active -= 1

@@ -13,13 +13,16 @@ import asyncio
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import uvloop
+from wire import Reader
 
 from proxy import config
+from proxy.admin import AdminServer
 from proxy.demo import SampleBackend
 from proxy.server import Proxy
 
@@ -52,7 +55,7 @@ class LoopThread:
 class Harness:
     """A running proxy in front of a running backend."""
 
-    def __init__(self, loop: LoopThread, backend: SampleBackend, proxy: Proxy):
+    def __init__(self, loop: LoopThread, backend: Any, proxy: Proxy):
         self.loop = loop
         self.backend = backend
         self.proxy = proxy
@@ -122,8 +125,12 @@ def start_proxy(loop_thread, engine) -> Iterator[Callable[..., Harness]]:
     started: list[Harness] = []
 
     def start(seats: int = 64, service_time: float = 0.0,
-              backend_port: int | None = None, **overrides: str) -> Harness:
-        backend = SampleBackend(seats, service_time)
+              backend_port: int | None = None, backend: Any = None,
+              **overrides: str) -> Harness:
+        """``backend``: another backend to start instead of a SampleBackend
+        (anything with async start()/stop() and an address)."""
+        if backend is None:
+            backend = SampleBackend(seats, service_time)
         loop_thread.run(backend.start())
         port = backend_port if backend_port is not None else backend.address[1]
         overrides.setdefault("listen.http_engine", engine)
@@ -147,3 +154,130 @@ def start_proxy(loop_thread, engine) -> Iterator[Callable[..., Harness]]:
 def proxy(start_proxy) -> Harness:
     """A proxy with roomy limits in front of an instant backend."""
     return start_proxy()
+
+
+@pytest.fixture
+def start_admin(loop_thread) -> Iterator[Callable[..., AdminServer]]:
+    """Start the admin API of a harness's proxy on a free loopback port."""
+    started: list[AdminServer] = []
+
+    def start(harness: Harness, token: str | None = None) -> AdminServer:
+        admin = AdminServer(harness.proxy, token)
+        loop_thread.run(admin.start("127.0.0.1", 0))
+        started.append(admin)
+        return admin
+
+    yield start
+    for admin in started:
+        loop_thread.call(admin.close)
+
+
+class SteadyLoad:
+    """Client threads sending one request after another, until stopped.
+
+    Bounded twice: ``max_requests`` in all and ``max_seconds`` of sending,
+    whichever comes first. Each client keeps its connection alive unless
+    ``keep_alive`` is False or the proxy closes it. ``outcomes`` counts
+    statuses (ints) and failures (exception class names).
+    """
+
+    def __init__(self, port: int, raw: bytes, clients: int,
+                 max_requests: int, max_seconds: float,
+                 keep_alive: bool = True) -> None:
+        self.port = port
+        self.raw = raw
+        self.keep_alive = keep_alive
+        self.outcomes: Counter = Counter()
+        self.bodies: Counter = Counter()
+        self._budget = max_requests
+        self._deadline = time.monotonic() + max_seconds
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._client, daemon=True)
+            for _ in range(clients)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def sent(self) -> int:
+        with self._lock:
+            return sum(self.outcomes.values())
+
+    def _take(self) -> bool:
+        with self._lock:
+            if self._stop.is_set() or time.monotonic() > self._deadline:
+                return False
+            if self._budget == 0:
+                return False
+            self._budget -= 1
+            return True
+
+    def _record(self, outcome: int | str, body: bytes = b"") -> None:
+        with self._lock:
+            self.outcomes[outcome] += 1
+            if body:
+                self.bodies[body] += 1
+
+    def _client(self) -> None:
+        sock = None
+        try:
+            while self._take():
+                if sock is None:
+                    sock = self._connect()
+                    if sock is None:
+                        continue
+                sock = self._one_request(sock)
+        finally:
+            if sock is not None:
+                sock.close()
+
+    def _connect(self) -> socket.socket | None:
+        try:
+            address = ("127.0.0.1", self.port)
+            return socket.create_connection(address, timeout=10)
+        except OSError as err:
+            self._record(type(err).__name__)
+            time.sleep(0.01)
+            return None
+
+    def _one_request(self, sock: socket.socket) -> socket.socket | None:
+        try:
+            sock.sendall(self.raw)
+            response = Reader(sock).response()
+        except OSError as err:
+            self._record(type(err).__name__)
+            sock.close()
+            return None
+        self._record(response.status, response.body)
+        if not self.keep_alive or response.header("connection") == "close":
+            sock.close()
+            return None
+        return sock
+
+    def stop(self, timeout: float = 15.0) -> Counter:
+        """Stop sending, wait for the answers in flight; the outcomes."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        assert not any(t.is_alive() for t in self._threads), "load hung"
+        return self.outcomes
+
+
+@pytest.fixture
+def start_load() -> Iterator[Callable[..., SteadyLoad]]:
+    """Start a SteadyLoad; every one is stopped after the test."""
+    started: list[SteadyLoad] = []
+
+    def start(port: int, raw: bytes, clients: int = 8,
+              max_requests: int = 2000, max_seconds: float = 8.0,
+              keep_alive: bool = True) -> SteadyLoad:
+        load = SteadyLoad(port, raw, clients, max_requests, max_seconds,
+                          keep_alive)
+        started.append(load)
+        return load
+
+    yield start
+    for load in started:
+        load.stop()

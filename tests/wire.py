@@ -96,6 +96,22 @@ class Reader:
             body += self._exactly(size)
             self._line()
 
+    def rest(self, timeout: float = 2.0) -> tuple[bytes, bool]:
+        """What arrives until the peer closes, and whether it did in time.
+
+        A reset counts as closing: a proxy that cuts a broken response
+        short may abort the connection instead of ending it cleanly.
+        """
+        self.sock.settimeout(timeout)
+        try:
+            while self._fill():
+                pass
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            return self.buffer, False
+        return self.buffer, True
+
     def closed(self, timeout: float = 2.0) -> bool:
         """True if the peer closes the connection (EOF or reset) in time."""
         self.sock.settimeout(timeout)
