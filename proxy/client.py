@@ -41,7 +41,9 @@ from proxy._core import (
     HOLDING,
     OUTCOME_BAD_REQUEST,
     OUTCOME_CLIENT_ABORT_INFLIGHT,
+    OUTCOME_CLIENT_ABORT_QUEUED,
     OUTCOME_PROXIED,
+    OUTCOME_SHED,
     OUTCOME_UPSTREAM_ERROR,
     OUTCOME_UPSTREAM_TIMEOUT,
     OUTCOME_UPSTREAM_TRUNCATED,
@@ -106,6 +108,8 @@ class ClientProtocol(asyncio.Protocol):
         "retried",
         "connecting",
         "keep_alive",
+        "status",
+        "started",
     )
 
     def __init__(self, proxy: Proxy) -> None:
@@ -128,6 +132,8 @@ class ClientProtocol(asyncio.Protocol):
         self.retried = False
         self.connecting: asyncio.Task | None = None
         self.keep_alive = True
+        self.status = 0
+        self.started = 0.0
 
     # -- asyncio callbacks --------------------------------------------------
 
@@ -178,6 +184,7 @@ class ClientProtocol(asyncio.Protocol):
         self.core.disarm(self.timer)
         if self.waiter.state == WAITING:
             self.core.cancel(self.waiter)
+            self._access(OUTCOME_CLIENT_ABORT_QUEUED)
         elif self.waiter.state == HOLDING:
             self._drop_upstream()
             self._release(OUTCOME_CLIENT_ABORT_INFLIGHT)
@@ -228,6 +235,9 @@ class ClientProtocol(asyncio.Protocol):
         self.body_bytes = 0
         self.retried = False
         self.keep_alive = head.keep_alive and self.keep_alive
+        self.status = 0
+        if self.proxy.access is not None:
+            self.started = self.core.now()
         limit = self.proxy.max_body
         if head.content_length is not None and head.content_length > limit:
             self._reject(PayloadTooLarge(f"{head.content_length} bytes"))
@@ -291,6 +301,8 @@ class ClientProtocol(asyncio.Protocol):
         self.transport.write(
             self.codec.canned(503, REASONS[503], headers, SHED_BODY[reason])
         )
+        self.status = 503
+        self._access(OUTCOME_SHED)
         if close:
             self._close()
         else:
@@ -399,6 +411,7 @@ class ClientProtocol(asyncio.Protocol):
                 out.append(self.codec.response_head(head, headers))
             return
         self.response_started = True
+        self.status = head.status
         if not self.keep_alive or self.proxy.draining:
             headers.append((b"Connection", b"close"))
         out.append(self.codec.response_head(head, headers))
@@ -412,6 +425,7 @@ class ClientProtocol(asyncio.Protocol):
             self.proxy.pool.put(up)
         else:
             up.close()
+        self._release(OUTCOME_PROXIED)
         self.phase = HEAD
         if self.request_done:
             self._next_request()
@@ -419,7 +433,6 @@ class ClientProtocol(asyncio.Protocol):
             # The backend answered before the body ended (early response):
             # the rest of the body is not worth reading.
             self._close()
-        self._release(OUTCOME_PROXIED)
 
     def upstream_failed(self, err: Exception, outcome: int) -> None:
         """The upstream side broke before the exchange ended cleanly."""
@@ -473,8 +486,17 @@ class ClientProtocol(asyncio.Protocol):
         if self.waiter.state != HOLDING:
             return
         waiter = self.core.release(self.waiter, outcome)
+        self._access(outcome)
         if waiter is not None:
             waiter.owner.admitted()
+
+    def _access(self, outcome: int) -> None:
+        """One access-log line for the request that just ended, if enabled."""
+        access = self.proxy.access
+        if access is not None and self.request is not None:
+            elapsed = self.core.now() - self.started
+            access(self.peer, self.request, self.status,
+                   _core.OUTCOMES[outcome], elapsed)
 
     # -- deadlines ----------------------------------------------------------
 
@@ -525,6 +547,8 @@ class ClientProtocol(asyncio.Protocol):
             self.core.cancel(self.waiter)
         else:
             self.core.record(OUTCOME_BAD_REQUEST)
+            self.status = err.status
+            self._access(OUTCOME_BAD_REQUEST)
         if self.response_started:
             self.transport.abort()
             self.phase = CLOSED
@@ -537,6 +561,7 @@ class ClientProtocol(asyncio.Protocol):
             (b"Connection", b"close"),
         ]
         body = error_body(status, detail)
+        self.status = status
         try:
             data = self.codec.canned(status, REASONS[status], headers, body)
         except Exception:  # the codec's state forbids a response: just close

@@ -19,6 +19,7 @@ from proxy.client import HEAD, ClientProtocol
 from proxy.codec import make_engine
 from proxy.config import FIELDS, LIVE_KEYS, Settings, live_fields, load
 from proxy.errors import ConfigError
+from proxy.logs import access_logger
 from proxy.responses import raw_shed, retry_after
 from proxy.upstream import UpstreamPool
 
@@ -54,6 +55,7 @@ class Proxy:
         self.upstream_host = settings.upstream.host_header.encode()
         self.clients: set[ClientProtocol] = set()
         self.draining = False
+        self.access = access_logger(settings.log.access_format)
         self.retry_after = 1
         self.connections_shed = b""
         self.pool: UpstreamPool | None = None
@@ -174,7 +176,13 @@ class Proxy:
         }
 
     def reload(self, settings: Settings) -> None:
-        """Apply a re-read config: live settings now, the rest at restart."""
+        """Apply a re-read config: live settings now, the rest at restart.
+
+        ``self.settings`` stays the config the process started with: its
+        static settings are the ones in force, so a changed one is
+        reported at every reload until a restart. The live settings in
+        force are those of ``limits()``, not of ``self.settings``.
+        """
         current = self.limits()
         fresh = {key: getattr(getattr(settings, f.section), key)
                  for f in live_fields() for key in [f.key]}
@@ -189,7 +197,6 @@ class Proxy:
         ]
         if static:
             log.warning("reload: %s change only at restart", ", ".join(static))
-        self.settings = settings
 
     # -- draining -------------------------------------------------------------
 
