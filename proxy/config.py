@@ -712,6 +712,12 @@ _DEFAULTS = {f.name: f.parse(f.default) for f in FIELDS}
 # Names under MAITRED_ADMIN_ that are not settings; admin.token_env's value
 # is reserved too.
 _RESERVED_ENV = ("MAITRED_ADMIN", "MAITRED_ADMIN_TOKEN")
+# Variables Kubernetes injects for a Service named like a section
+# ("maitred-admin" gives MAITRED_ADMIN_SERVICE_HOST, MAITRED_ADMIN_PORT_...):
+# never settings, so never refused as unknown ones.
+_SERVICE_LINK = re.compile(
+    r"_SERVICE_(HOST|PORT)(_[A-Z0-9_]+)?|_PORT(_[0-9]+_[A-Z]+.*)?"
+)
 
 
 def live_fields() -> tuple[Field, ...]:
@@ -984,10 +990,20 @@ def _refuse_unknown_variables(env: Mapping[str, str], token_env: str) -> None:
     for name in sorted(env):
         if name in _BY_ENV or name in _RESERVED_ENV or name == token_env:
             continue
+        if _is_service_link(name):
+            continue
         for section in SECTIONS:
             prefix = f"MAITRED_{section.upper()}_"
             if name.startswith(prefix):
                 raise _unknown_variable(name, prefix, section)
+
+
+def _is_service_link(name: str) -> bool:
+    for section in SECTIONS:
+        prefix = f"MAITRED_{section.upper()}"
+        if name.startswith(prefix) and _SERVICE_LINK.fullmatch(name[len(prefix):]):
+            return True
+    return False
 
 
 def _unknown_variable(name: str, prefix: str, section: str) -> ConfigError:

@@ -640,3 +640,20 @@ def test_legal_but_odd_values_warn(tmp_path, text, key):
     assert len(warnings) == 1
     assert warnings[0].startswith(key)
     assert "\n" not in warnings[0]
+
+
+def test_kubernetes_service_link_variables_are_not_settings():
+    environ = {
+        "MAITRED_ADMIN_SERVICE_HOST": "10.0.0.1",
+        "MAITRED_ADMIN_SERVICE_PORT": "9901",
+        "MAITRED_ADMIN_SERVICE_PORT_ADMIN": "9901",
+        "MAITRED_ADMIN_PORT": "tcp://10.0.0.1:9901",
+        "MAITRED_ADMIN_PORT_9901_TCP_ADDR": "10.0.0.1",
+        "MAITRED_LISTEN_PORT_8080_TCP_PROTO": "tcp",
+    }
+    assert load(None, environ=environ) == load(None, environ={})
+
+
+def test_a_misspelt_setting_is_still_refused_beside_service_links():
+    with pytest.raises(ConfigError, match="MAITRED_ADMIN_PORTS"):
+        load(None, environ={"MAITRED_ADMIN_PORTS": "1"})
