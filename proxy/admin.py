@@ -82,6 +82,9 @@ class AdminServer:
         except ConnectionError:
             writer.close()
             return
+        except Exception:
+            log.exception("admin request failed")
+            status, content_type, payload = _json(500, {"error": "internal error"})
         headers = [
             ("Content-Type", content_type),
             ("Content-Length", str(len(payload))),

@@ -7,6 +7,7 @@ refused, or the proxy rejected a value (its own message, quoted).
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -60,6 +61,11 @@ class AdminClient:
             reason = getattr(err, "reason", err)
             raise AdminClientError(
                 f"cannot reach the admin API at {self.url}: {reason}"
+            ) from None
+        except http.client.HTTPException:
+            raise AdminClientError(
+                f"{self.url}{path} did not answer HTTP; is this maitred's "
+                "admin address?"
             ) from None
         if not decode:
             return body.decode("utf-8", "replace")

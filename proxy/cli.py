@@ -231,8 +231,9 @@ def _pairs(counts: dict) -> str:
 @main.command()
 @_admin_options
 @click.option("--interval", default=1.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
               help="Seconds between refreshes.")
-@click.option("--count", type=int, default=None,
+@click.option("--count", type=click.IntRange(min=1), default=None,
               help="Stop after this many refreshes (default: until Ctrl-C).")
 @_guard
 def top(admin_url, token, config_path, as_json, interval, count) -> None:

@@ -83,6 +83,23 @@ class Harness:
             stats = self.stats()
         return stats
 
+    def backend_counts(self) -> dict:
+        """A SampleBackend's own counters, read on its event loop."""
+        backend = self.backend
+        return self.loop.call(lambda: {
+            "active": backend.active, "peak": backend.peak,
+            "served": backend.served,
+        })
+
+    def reset_backend_peak(self) -> None:
+        """Restart a SampleBackend's peak from what is active now."""
+        backend = self.backend
+
+        def reset() -> None:
+            backend.peak = backend.active
+
+        self.loop.call(reset)
+
     def assert_quiet(self) -> None:
         """The invariant: nothing in flight, nothing queued, nothing open."""
         stats = self.wait_for(
@@ -267,7 +284,11 @@ class SteadyLoad:
 
 @pytest.fixture
 def start_load() -> Iterator[Callable[..., SteadyLoad]]:
-    """Start a SteadyLoad; every one is stopped after the test."""
+    """Start a SteadyLoad; every one is stopped after the test.
+
+    Name it after ``start_proxy`` in a test's arguments, so the load stops
+    before the proxy's quiet check runs.
+    """
     started: list[SteadyLoad] = []
 
     def start(port: int, raw: bytes, clients: int = 8,
