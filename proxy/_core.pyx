@@ -16,8 +16,7 @@
 # it live the parts made of Python objects, which stay per process:
 #
 # - the queue: a FIFO, doubly linked through the Waiter objects themselves,
-#   so a client that leaves is unlinked in O(1) and queueing allocates
-#   nothing;
+#   so a client that leaves is unlinked in O(1);
 # - the timing wheel: WHEEL_SIZE buckets of (timer, generation) entries,
 #   one bucket per tick of `resolution` seconds, the tick number taken
 #   modulo WHEEL_SIZE;
@@ -73,8 +72,9 @@
 # tick. Thousands of armed timers therefore cost nothing until their tick
 # comes, and a clock jump longer than a rotation sweeps each bucket once.
 # Arming never files an entry under a tick already swept, so tick() returns
-# exactly the timers whose deadline is <= now; `resolution` only sets how
-# many entries share a bucket.
+# exactly the timers whose deadline is <= now; `resolution` sets the width
+# of a tick, hence how many entries share a bucket and how far ahead one
+# rotation reaches.
 #
 # Why it is built this way
 # ------------------------
@@ -83,7 +83,10 @@
 # Plain C state makes the hot path (acquire, release, tick) mostly C, and
 # leaves the door open to shared memory. The wheel holds strong references;
 # the ones it lets go of during a sweep are released only after the sweep,
-# so a finaliser that runs then sees a consistent core.
+# so a finaliser that runs then sees a consistent core. The garbage
+# collector cannot see those references: a Core dropped while it still has
+# timers filed whose owners refer back to it is never freed; the proxy
+# keeps one Core for the life of its process.
 #
 # Errors: each method checks its arguments and state and reads the clock
 # before it changes anything, so an exception (a bad argument, a misuse, a
@@ -315,8 +318,8 @@ cdef class Waiter(Timer):
         return self._admitted_at
 
 
-# Waiter is the only subclass Timer may have: the core reads their fields
-# directly and a Python subclass would add a dict to every one of them.
+# Waiter is the only subclass Timer may have. The core reads the C fields
+# directly, so a Python override would be bypassed without a word.
 (<PyTypeObject *>Timer).tp_flags &= ~Py_TPFLAGS_BASETYPE
 
 
@@ -340,6 +343,9 @@ cdef class Core:
         self._wheel = <Bucket *>calloc(WHEEL_SIZE, sizeof(Bucket))
         if self._wheel == NULL:
             raise MemoryError()
+        self._expired = []
+        _init_histogram(&self._st.queue_wait, QUEUE_WAIT_BUCKETS)
+        _init_histogram(&self._st.upstream_duration, UPSTREAM_DURATION_BUCKETS)
 
     def __init__(
         self,
@@ -381,9 +387,6 @@ cdef class Core:
 
         self._clock = clock
         self._st.limits = limits
-        _init_histogram(&self._st.queue_wait, QUEUE_WAIT_BUCKETS)
-        _init_histogram(&self._st.upstream_duration, UPSTREAM_DURATION_BUCKETS)
-        self._expired = []
         self._next_tick = self._tick_of(self._now())
 
     def __dealloc__(self):
@@ -404,6 +407,7 @@ cdef class Core:
     # -- clock -------------------------------------------------------------
 
     def now(self):
+        """The core's clock, in seconds."""
         return self._now()
 
     cdef double _now(self) except? -1.0:
@@ -431,6 +435,7 @@ cdef class Core:
     # -- connections -------------------------------------------------------
 
     def open_connection(self):
+        """Count a new client connection; False (and a shed) past the limit."""
         if self._st.connections >= self._st.limits.max_connections:
             self._count_shed(_SHED_CONNECTIONS)
             return False
@@ -438,6 +443,7 @@ cdef class Core:
         return True
 
     def close_connection(self):
+        """Count a closed client connection."""
         if self._st.connections <= 0:
             raise RuntimeError("close_connection without an open connection")
         self._st.connections -= 1
@@ -445,6 +451,7 @@ cdef class Core:
     # -- admission ---------------------------------------------------------
 
     def acquire(self, Waiter waiter not None):
+        """Ask for a token: ADMITTED, QUEUED, or the shed reason."""
         cdef:
             double now
 
@@ -469,6 +476,7 @@ cdef class Core:
         return _SHED_QUEUE_FULL
 
     def release(self, Waiter waiter not None, int outcome):
+        """Give the token back; return the waiter it went to, if any."""
         cdef:
             double now
 
@@ -487,6 +495,7 @@ cdef class Core:
         return self._grant_next(now)
 
     def cancel(self, Waiter waiter not None):
+        """Take a waiting waiter out of the queue (its client left)."""
         if waiter._state == _HOLDING:
             raise RuntimeError(
                 "cancel of a waiter holding a token; release it with "
@@ -499,10 +508,12 @@ cdef class Core:
             self._st.requests[_OUTCOME_CLIENT_ABORT_QUEUED] += 1
 
     def record(self, int outcome):
+        """Count an outcome that held no token, such as bad_request."""
         _check_code("outcome", outcome, _N_OUTCOMES)
         self._st.requests[outcome] += 1
 
     def shed(self, int reason):
+        """Count a shed decided by the data path."""
         _check_code("shed reason", reason, _N_SHED_REASONS)
         self._count_shed(reason)
 
@@ -569,6 +580,7 @@ cdef class Core:
     # -- deadlines ---------------------------------------------------------
 
     def arm(self, Timer timer not None, int phase):
+        """Set the timer's deadline to now plus the phase's timeout."""
         cdef:
             double now
 
@@ -578,10 +590,12 @@ cdef class Core:
         self._arm(timer, phase, now + self._st.limits.timeouts[phase])
 
     def disarm(self, Timer timer not None):
+        """Cancel the timer's deadline."""
         _check_not_waiting(timer)
         timer._armed = 0
 
     def tick(self):
+        """Return the waiters shed since the last tick and the timers due."""
         cdef:
             double now
             list fired
@@ -598,9 +612,10 @@ cdef class Core:
         return fired
 
     cdef int _arm(self, Timer timer, int phase, double deadline) except -1:
-        # Files the timer under its deadline's tick, never under a tick
-        # already swept, reusing its live entry when that sits in the same
-        # bucket.
+        # Files the timer under its deadline's tick, reusing its live entry
+        # when that sits in the same bucket. The deadline is in the future,
+        # so its tick is never one swept for good; the clamp keeps that true
+        # for an injected clock that steps back.
         cdef:
             int64_t tick = self._tick_of(deadline)
             Bucket *bucket
@@ -688,6 +703,7 @@ cdef class Core:
     # -- limits and draining -----------------------------------------------
 
     def set_limits(self, **limits):
+        """Change limits at once; return the waiters a higher cap admits."""
         cdef:
             Limits changed = self._st.limits
             double now
@@ -706,6 +722,7 @@ cdef class Core:
         return granted
 
     def limits(self):
+        """The limits in force, by set_limits() key."""
         cdef:
             Limits *limits = &self._st.limits
 
@@ -724,6 +741,7 @@ cdef class Core:
         }
 
     def drain(self):
+        """Shed every new acquire from now on; the queue keeps its turn."""
         self._st.draining = True
 
     @property
@@ -745,6 +763,7 @@ cdef class Core:
         return self._st.connections
 
     def stats(self):
+        """A snapshot of the gauges and counters."""
         return {
             "inflight": self._st.inflight,
             "queued": self._st.queued,
@@ -761,13 +780,16 @@ cdef class Core:
         }
 
     def histogram(self, str name):
+        """(bounds, per-bucket counts with +Inf last, sum of seconds)."""
         cdef:
             Histogram *hist
 
         if name == "queue_wait":
-            hist, bounds = &self._st.queue_wait, QUEUE_WAIT_BUCKETS
+            hist = &self._st.queue_wait
+            bounds = QUEUE_WAIT_BUCKETS
         elif name == "upstream_duration":
-            hist, bounds = &self._st.upstream_duration, UPSTREAM_DURATION_BUCKETS
+            hist = &self._st.upstream_duration
+            bounds = UPSTREAM_DURATION_BUCKETS
         else:
             raise ValueError(
                 f"unknown histogram {name!r}; expected 'queue_wait' or "
@@ -823,7 +845,9 @@ cdef int64_t _count(str key, object value, int64_t minimum) except? -1:
         number = int(value)
     if (isinstance(number, bool) or not isinstance(number, int)
             or not minimum <= number <= _INT64_MAX):
-        raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
+        raise ValueError(
+            f"{key} must be an integer >= {minimum}, got {value!r}"
+        )
     return number
 
 
