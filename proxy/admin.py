@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import h11
 
 from proxy import config
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, ListenError
 from proxy.metrics import CONTENT_TYPE, exposition, make_registry
 
 if TYPE_CHECKING:
@@ -45,9 +45,10 @@ _OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 class AdminError(Exception):
     """An admin request that gets a 4xx answer with this message."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, allow: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.allow = allow
 
 
 class AdminServer:
@@ -64,7 +65,10 @@ class AdminServer:
         return self._server.sockets[0].getsockname()[:2]
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._serve, host, port)
+        try:
+            self._server = await asyncio.start_server(self._serve, host, port)
+        except OSError as err:
+            raise ListenError("admin.address", host, port, err) from None
 
     def close(self) -> None:
         if self._server is not None:
@@ -76,19 +80,24 @@ class AdminServer:
         try:
             async with asyncio.timeout(_READ_TIMEOUT):
                 request, body = await _read(conn, reader)
-            status, content_type, payload = self._answer(request, body, writer)
+            status, content_type, payload, extra = self._answer(
+                request, body, writer
+            )
         except (h11.RemoteProtocolError, TimeoutError):
             status, content_type, payload = _json(400, {"error": "bad request"})
+            extra = []
         except ConnectionError:
             writer.close()
             return
         except Exception:
             log.exception("admin request failed")
             status, content_type, payload = _json(500, {"error": "internal error"})
+            extra = []
         headers = [
             ("Content-Type", content_type),
             ("Content-Length", str(len(payload))),
             ("Connection", "close"),
+            *extra,
         ]
         if status == 401:
             headers.append(("WWW-Authenticate", 'Bearer realm="maitred"'))
@@ -110,9 +119,10 @@ class AdminServer:
         try:
             if path not in _OPEN_PATHS:
                 self._check_token(request)
-            return self._route(method, path, body, writer)
+            return (*self._route(method, path, body, writer), [])
         except AdminError as err:
-            return _json(err.status, {"error": str(err)})
+            extra = [("Allow", err.allow)] if err.allow else []
+            return (*_json(err.status, {"error": str(err)}), extra)
 
     def _check_token(self, request: h11.Request) -> None:
         if self.token is None:
@@ -141,8 +151,10 @@ class AdminServer:
         handler = routes.get((method, path))
         if handler is not None:
             return handler()
-        if any(p == path for _, p in routes):
-            raise AdminError(405, f"{method} is not allowed on {path}")
+        allowed = sorted(m for m, p in routes if p == path)
+        if allowed:
+            raise AdminError(405, f"{method} is not allowed on {path}",
+                             allow=", ".join(allowed))
         raise AdminError(404, f"no such path: {path}")
 
     def _patch_limits(self, body: bytes, writer) -> tuple:
@@ -171,7 +183,7 @@ class AdminServer:
 
     def _drain(self) -> tuple:
         asyncio.get_running_loop().create_task(
-            self.proxy.drain(self.proxy.limits()["shutdown"])
+            self.proxy.drain(self.proxy.limits()["shutdown"], stop_listening=False)
         )
         return _json(202, {"status": "draining"})
 

@@ -97,7 +97,10 @@ def demo(with_load: bool, port: int) -> None:
 
     from proxy.demo import run_demo
 
-    uvloop.run(run_demo(port, with_load, click.echo))
+    try:
+        uvloop.run(run_demo(port, with_load, click.echo))
+    except KeyboardInterrupt:
+        click.echo("\nstopped")
 
 
 # -- talking to a running proxy -------------------------------------------------

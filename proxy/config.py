@@ -910,7 +910,8 @@ def load(
         keys = [f.key for f in FIELDS if f.section == name]
         sections[name] = cls(**{key: values[f"{name}.{key}"] for key in keys})
     settings = Settings(
-        **sections, source=source, admin_token=env.get(token_env) or None
+        **sections, source=source,
+        admin_token=env.get(token_env, "").strip() or None
     )
     _check_admin(settings)
     return replace(settings, warnings=_warnings(settings))
@@ -996,6 +997,20 @@ def _refuse_unknown_variables(env: Mapping[str, str], token_env: str) -> None:
             prefix = f"MAITRED_{section.upper()}_"
             if name.startswith(prefix):
                 raise _unknown_variable(name, prefix, section)
+        _refuse_misspelt_section(name)
+
+
+def _refuse_misspelt_section(name: str) -> None:
+    """MAITRED_LIMITZ_MAX_QUEUE is a typo, not someone else's variable."""
+    if not name.startswith("MAITRED_"):
+        return
+    word, _, rest = name.removeprefix("MAITRED_").partition("_")
+    sections = [section.upper() for section in SECTIONS]
+    close = difflib.get_close_matches(word, sections, n=1, cutoff=0.8)
+    if rest and close:
+        guess = f"MAITRED_{close[0]}_{rest}"
+        hint = f" (did you mean {guess}?)" if guess in _BY_ENV else ""
+        raise ConfigError(name, f"unknown section {word.lower()!r}{hint}")
 
 
 def _is_service_link(name: str) -> bool:

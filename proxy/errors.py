@@ -31,6 +31,15 @@ class ConfigError(MaitredError):
         return f"{self.key}: {self.message}"
 
 
+class ListenError(MaitredError):
+    """A listener could not bind; names the setting that chose the address."""
+
+    def __init__(self, key: str, host: str, port: int, err: OSError) -> None:
+        reason = err.strerror or str(err)
+        super().__init__(f"{key}: cannot listen on {host}:{port}: {reason}")
+        self.key = key
+
+
 class HttpError(MaitredError):
     """A request the proxy answers itself; ``status`` is what the client gets.
 

@@ -18,7 +18,7 @@ from proxy import _core
 from proxy.client import HEAD, ClientProtocol
 from proxy.codec import make_engine
 from proxy.config import FIELDS, LIVE_KEYS, Settings, live_fields, load
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, ListenError
 from proxy.logs import access_logger
 from proxy.responses import raw_shed, retry_after
 from proxy.upstream import UpstreamPool
@@ -46,11 +46,14 @@ class Proxy:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.core = _core.Core(**settings.core_kwargs(), resolution=TICK)
-        self.engine = make_engine(
-            settings.listen.http_engine,
-            settings.limits.max_head,
-            settings.limits.max_target,
-        )
+        try:
+            self.engine = make_engine(
+                settings.listen.http_engine,
+                settings.limits.max_head,
+                settings.limits.max_target,
+            )
+        except ValueError as err:
+            raise ConfigError("listen.http_engine", str(err)) from None
         self.max_body = settings.limits.max_body
         self.upstream_host = settings.upstream.host_header.encode()
         self.clients: set[ClientProtocol] = set()
@@ -77,13 +80,16 @@ class Proxy:
             self, upstream.host, upstream.port, upstream.max_idle_connections
         )
         host, port = listen.address
-        self.server = await loop.create_server(
-            lambda: ClientProtocol(self),
-            host,
-            port,
-            backlog=listen.backlog,
-            reuse_address=True,
-        )
+        try:
+            self.server = await loop.create_server(
+                lambda: ClientProtocol(self),
+                host,
+                port,
+                backlog=listen.backlog,
+                reuse_address=True,
+            )
+        except OSError as err:
+            raise ListenError("listen.address", host, port, err) from None
         self._tick_handle = loop.call_later(TICK, self._tick)
 
     # -- the tick -------------------------------------------------------------
@@ -200,18 +206,25 @@ class Proxy:
 
     # -- draining -------------------------------------------------------------
 
-    async def drain(self, timeout: float) -> bool:
-        """Stop taking work, let in-flight work finish; True if all did."""
+    async def drain(self, timeout: float, stop_listening: bool = True) -> bool:
+        """Stop taking new work, let in-flight work finish; True if all did.
+
+        For a shutdown (SIGTERM) the listener closes, and idle keep-alive
+        connections with it. From the admin API (``stop_listening`` False)
+        the listener stays open and every new request gets a 503 saying
+        ``draining``, so whoever sends traffic sees why.
+        """
         if not self.draining:
             log.info("draining: %d in flight, %d queued",
                      self.core.inflight, self.core.queued)
         self.draining = True
         self.core.drain()
-        if self.server is not None:
-            self.server.close()
-        for client in list(self.clients):
-            if client.phase == HEAD and not client.codec.buffered:
-                client._close()
+        if stop_listening:
+            if self.server is not None:
+                self.server.close()
+            for client in list(self.clients):
+                if client.phase == HEAD and not client.codec.buffered:
+                    client._close()
         deadline = time.monotonic() + timeout
         while self.core.inflight or self.core.queued:
             if time.monotonic() >= deadline:

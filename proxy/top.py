@@ -97,10 +97,12 @@ def render(figures: dict) -> str:
 def run_top(client: AdminClient, interval: float, count: int | None,
             as_json: bool, echo: Callable[[str], None]) -> None:
     """Refresh every ``interval`` seconds, ``count`` times or forever."""
-    before = None
+    # Rates need two snapshots: the first frame comes one interval in.
+    before = client.get("/status")
     last = time.monotonic()
     shown = 0
     while count is None or shown < count:
+        time.sleep(interval)
         now = client.get("/status")
         moment = time.monotonic()
         figures = frame(now, before, moment - last)
@@ -112,5 +114,3 @@ def run_top(client: AdminClient, interval: float, count: int | None,
             echo(render(figures))
         before, last = now, moment
         shown += 1
-        if count is None or shown < count:
-            time.sleep(interval)

@@ -185,6 +185,7 @@ def test_unknown_path_is_404_and_wrong_method_is_405(start_proxy, start_admin):
     assert answer(admin, GET_NOWHERE)[0].status == 404
     response, payload = answer(admin, DELETE_LIMITS)
     assert response.status == 405
+    assert response.header("allow") == "GET, PATCH"
     assert "/limits" in payload["error"]
 
 
@@ -240,12 +241,16 @@ def test_drain_fails_readiness_and_lets_in_flight_requests_finish(
         assert payload == {"status": "draining"}
         assert wait_until(lambda: answer(admin, GET_READYZ)[0].status == 503)
         assert answer(admin, GET_HEALTHZ)[0].status == 200
-        with pytest.raises(OSError):
-            request(port, GET_OK, timeout=2)
+        shed = request(port, GET_OK, timeout=2)
         answers = [Reader(sock).response() for sock in held]
     finally:
         close_all(held)
     assert [(r.status, r.body) for r in answers] == [(200, b"ok\n")] * 2
+    # The listener stays open: a new request is told why it is refused.
+    assert shed.status == 503
+    assert shed.header("x-maitred-shed") == "draining"
+    assert shed.header("connection") == "close"
+    assert harness.stats()["shed"]["draining"] == 1
 
 
 # -- token auth ---------------------------------------------------------------

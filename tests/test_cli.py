@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -467,3 +469,37 @@ def test_run_with_a_bad_config_exits_2_before_starting(tmp_path):
     result = cli("run", "--config", str(path))
 
     assert_one_line_failure(result, 2, "limits.max_concurrency")
+
+
+def test_run_names_the_setting_whose_port_is_taken(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "taken.toml"
+        path.write_text(
+            f'[listen]\naddress = "127.0.0.1:0"\n'
+            f'[admin]\naddress = "127.0.0.1:{port}"\n'
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "proxy", "run", "--config", str(path)],
+            capture_output=True, text=True, timeout=30,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"maitred: admin.address: cannot listen on 127.0.0.1:{port}"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_top_first_frame_counts_only_its_own_interval(start_proxy, start_admin):
+    harness = start_proxy()
+    admin = start_admin(harness)
+    for _ in range(5):
+        assert request(harness.port, get()).status == 200
+
+    result = cli("top", "--admin", admin_url(admin), "--json",
+                 "--count", "1", "--interval", "0.05")
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["admitted_per_s"] == 0

@@ -657,3 +657,21 @@ def test_kubernetes_service_link_variables_are_not_settings():
 def test_a_misspelt_setting_is_still_refused_beside_service_links():
     with pytest.raises(ConfigError, match="MAITRED_ADMIN_PORTS"):
         load(None, environ={"MAITRED_ADMIN_PORTS": "1"})
+
+
+def test_a_blank_admin_token_counts_as_no_token():
+    environ = {"MAITRED_ADMIN_TOKEN": "   ", "MAITRED_ADMIN_ADDRESS": "0.0.0.0:9901"}
+    with pytest.raises(ConfigError, match="admin.address"):
+        load(None, environ=environ)
+
+
+def test_a_misspelt_section_in_a_variable_is_refused_with_a_suggestion():
+    with pytest.raises(ConfigError) as caught:
+        load(None, environ={"MAITRED_LIMITZ_MAX_QUEUE": "5"})
+    assert caught.value.key == "MAITRED_LIMITZ_MAX_QUEUE"
+    assert "MAITRED_LIMITS_MAX_QUEUE" in str(caught.value)
+
+
+def test_variables_of_other_programs_named_maitred_are_left_alone():
+    environ = {"MAITRED_FUZZ_EXAMPLES": "100", "MAITRED_SERVICE_HOST": "x"}
+    assert load(None, environ=environ) == load(None, environ={})
