@@ -5,6 +5,7 @@ from setuptools import Extension, setup
 
 extensions = [
     Extension("proxy._core", ["proxy/_core.pyx"], extra_compile_args=["-O2"]),
+    Extension("proxy._http", ["proxy/_http.pyx"], extra_compile_args=["-O2"]),
 ]
 
 setup(

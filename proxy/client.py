@@ -17,8 +17,13 @@ QUEUED      the core queued the request's Waiter; the core's wheel owns the
 CONNECTING  a token is held; an upstream connection is taken from the pool
             or being opened (connect deadline).
 FORWARDING  head sent upstream; the body streams with back-pressure both
-            ways; the deadline is client_body while uploading, then the
-            upstream's first-byte deadline, then its between-bytes deadline.
+            ways. The deadline always belongs to the side the exchange waits
+            on (``_arm_exchange``): client_body while the client uploads or
+            while it does not read the response, read_timeout while the
+            backend does not take the body or once its response started,
+            response_timeout from the end of the request to the first byte.
+            So a slow client is never blamed on the backend, nor the other
+            way round.
 
 Everything is driven by callbacks: data_received, the upstream's events,
 and ``on_deadline`` from the core's tick. No task, no per-request timer.
@@ -99,6 +104,7 @@ class ClientProtocol(asyncio.Protocol):
         "counted",
         "peer",
         "paused",
+        "writing_paused",
         "request",
         "request_done",
         "body_bytes",
@@ -123,6 +129,7 @@ class ClientProtocol(asyncio.Protocol):
         self.counted = False
         self.peer = b""
         self.paused = 0
+        self.writing_paused = False
         self.request: RequestHead | None = None
         self.request_done = False
         self.body_bytes = 0
@@ -194,13 +201,20 @@ class ClientProtocol(asyncio.Protocol):
             self.proxy.clients.discard(self)
 
     def pause_writing(self) -> None:
-        # The client reads the response slower than the backend sends it.
+        # The client reads the response slower than the backend sends it:
+        # stop reading the backend, and wait on the client's budget.
+        self.writing_paused = True
         if self.upstream is not None:
             self.upstream.transport.pause_reading()
+        if self.phase == FORWARDING:
+            self._arm_exchange()
 
     def resume_writing(self) -> None:
+        self.writing_paused = False
         if self.upstream is not None:
             self.upstream.transport.resume_reading()
+        if self.phase == FORWARDING:
+            self._arm_exchange()
 
     # -- reading requests ---------------------------------------------------
 
@@ -258,8 +272,8 @@ class ClientProtocol(asyncio.Protocol):
             return
         up = self.upstream
         up.transport.write(up.codec.body(data))
-        if not self.response_started:
-            self.core.arm(self.timer, PHASE_CLIENT_BODY)
+        if self.phase == FORWARDING:
+            self._arm_exchange()
 
     def _request_end(self) -> None:
         self.request_done = True
@@ -268,8 +282,8 @@ class ClientProtocol(asyncio.Protocol):
             data = up.codec.end()
             if data:
                 up.transport.write(data)
-        if self.phase == FORWARDING and not self.response_started:
-            self.core.arm(self.timer, PHASE_RESPONSE)
+        if self.phase == FORWARDING:
+            self._arm_exchange()
         elif self.phase == HEAD:
             self._next_request()
 
@@ -312,7 +326,11 @@ class ClientProtocol(asyncio.Protocol):
 
     def _start_upstream(self) -> None:
         self.phase = CONNECTING
-        up = None if self.retried else self.proxy.pool.take()
+        # A request that could not be retried takes only a pooled connection
+        # seen alive just now: it must never be written into a dead one.
+        up = None if self.retried else self.proxy.pool.take(
+            check=not self._retryable()
+        )
         if up is not None:
             self._attach(up, reused=True)
             return
@@ -334,6 +352,9 @@ class ClientProtocol(asyncio.Protocol):
         self.upstream = up
         self.reused = reused
         up.attach(self)
+        if self.writing_paused:
+            # The client has not taken the last response yet.
+            up.transport.pause_reading()
         head = self.request
         data = up.codec.request_head(
             head.method,
@@ -345,10 +366,8 @@ class ClientProtocol(asyncio.Protocol):
         if self.request_done:
             # A retry: the request (without a body) was read already.
             data += up.codec.end()
-            self.core.arm(self.timer, PHASE_RESPONSE)
-        else:
-            self.core.arm(self.timer, PHASE_CLIENT_BODY)
         up.transport.write(data)
+        self._arm_exchange()
 
     def _upstream_headers(self, head: RequestHead) -> list[tuple[bytes, bytes]]:
         forwarded_for = None
@@ -402,7 +421,8 @@ class ClientProtocol(asyncio.Protocol):
             return
         if out:
             self.transport.writelines(out)
-            self.core.arm(self.timer, PHASE_READ)
+            if self.phase == FORWARDING:
+                self._arm_exchange()
 
     def _response_head(self, head, out: list) -> None:
         headers = end_to_end(head.headers)
@@ -412,6 +432,10 @@ class ClientProtocol(asyncio.Protocol):
             return
         self.response_started = True
         self.status = head.status
+        if not self.request_done:
+            # An early response: the rest of the body will not be read, so
+            # the connection closes after it; say so.
+            self.keep_alive = False
         if not self.keep_alive or self.proxy.draining:
             headers.append((b"Connection", b"close"))
         out.append(self.codec.response_head(head, headers))
@@ -464,10 +488,14 @@ class ClientProtocol(asyncio.Protocol):
             and not self.retried
             and not up.received
             and not isinstance(err, UpstreamTimeout)
-            and self.request.method in IDEMPOTENT
-            and not self.request.has_body
+            and self._retryable()
             and self.request_done
         )
+
+    def _retryable(self) -> bool:
+        # Sending it twice does no harm, and nothing of it is lost.
+        request = self.request
+        return request.method in IDEMPOTENT and not request.has_body
 
     def _drop_upstream(self) -> None:
         """Abandon the upstream side: close its connection, stop connecting."""
@@ -500,6 +528,21 @@ class ClientProtocol(asyncio.Protocol):
 
     # -- deadlines ----------------------------------------------------------
 
+    def _arm_exchange(self) -> None:
+        """Arm the deadline of the side the upstream exchange waits on."""
+        if self.writing_paused:
+            # The client does not take the response as fast as it comes.
+            phase = PHASE_CLIENT_BODY
+        elif self.paused & _PAUSE_UPLOAD or self.response_started:
+            # The backend does not take the body, or its response is
+            # under way: its between-bytes budget.
+            phase = PHASE_READ
+        elif not self.request_done:
+            phase = PHASE_CLIENT_BODY
+        else:
+            phase = PHASE_RESPONSE
+        self.core.arm(self.timer, phase)
+
     def on_deadline(self, phase: int) -> None:
         """The core's tick says this connection's deadline passed."""
         if self.phase == CLOSED:
@@ -508,16 +551,28 @@ class ClientProtocol(asyncio.Protocol):
             self._shed("queue_timeout")
         elif phase in _UPSTREAM_TIMEOUT_PHASES:
             name = _core.PHASES[phase]
+            if phase == PHASE_READ and not self.response_started:
+                name = "request body write"
             self.upstream_failed(
                 UpstreamTimeout(f"upstream {name} timeout"),
                 OUTCOME_UPSTREAM_TIMEOUT,
             )
+        elif phase == PHASE_CLIENT_BODY and self.writing_paused:
+            self._client_stalled()
         elif phase == PHASE_CLIENT_BODY:
             self._reject(RequestTimeout("request body stalled"))
         elif phase == PHASE_CLIENT_HEADER and self.codec.buffered:
             self._reject(RequestTimeout("request head not complete in time"))
         else:
             self._close()
+
+    def _client_stalled(self) -> None:
+        """The client stopped reading its response: cut the exchange."""
+        self._drop_upstream()
+        self.transport.abort()
+        self.phase = CLOSED
+        self.core.disarm(self.timer)
+        self._release(OUTCOME_CLIENT_ABORT_INFLIGHT)
 
     # -- endings ------------------------------------------------------------
 
@@ -594,3 +649,5 @@ class ClientProtocol(asyncio.Protocol):
             self._pause(_PAUSE_UPLOAD)
         else:
             self._resume(_PAUSE_UPLOAD)
+        if self.phase == FORWARDING:
+            self._arm_exchange()

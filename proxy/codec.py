@@ -26,7 +26,7 @@ and ``compiled``, which must accept, reject and frame exactly as it does.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import h11
 
@@ -39,6 +39,9 @@ from proxy.errors import (
     UriTooLong,
     VersionNotSupported,
 )
+
+if TYPE_CHECKING:
+    from proxy._http import CompiledEngine
 
 
 class _Marker:
@@ -222,7 +225,7 @@ class H11ClientCodec:
     """
 
     __slots__ = ("_conn", "_max_head", "_max_target", "_tail", "_head_size",
-                 "_scan")
+                 "_scan", "_method")
 
     def __init__(self, max_head: int, max_target: int) -> None:
         self._conn = h11.Connection(
@@ -230,6 +233,7 @@ class H11ClientCodec:
         )
         self._max_head = max_head
         self._max_target = max_target
+        self._method = b""
         self._start_head(_SCANNING)
 
     def _start_head(self, scan: int) -> None:
@@ -239,6 +243,10 @@ class H11ClientCodec:
 
     def receive(self, data: bytes) -> None:
         """Feed bytes from the client; ``b""`` means the client sent EOF."""
+        if self._conn.their_state is h11.MUST_CLOSE:
+            # The request that ends the connection is complete: whatever
+            # follows is never processed (RFC 9112 9.6), so not kept.
+            return
         if self._scan != _SCANNED and data:
             self._catch_up()
             if self._scan == _SCANNING:
@@ -272,9 +280,15 @@ class H11ClientCodec:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet turned into events."""
+        if self._conn.their_state is h11.MUST_CLOSE:
+            return 0
         return len(self._conn.trailing_data[0])
 
     def next_event(self) -> object:
+        if self._conn.their_state is h11.MUST_CLOSE:
+            # As after any complete request; bytes that came with this one
+            # are ignored, not an error (h11 would raise on them).
+            return PAUSED
         self._catch_up()
         try:
             event = self._conn.next_event()
@@ -296,6 +310,7 @@ class H11ClientCodec:
         raise BadRequest(f"unexpected {kind.__name__}")
 
     def _request_head(self, event: h11.Request) -> RequestHead:
+        self._method = event.method
         if event.http_version not in (b"1.1", b"1.0"):
             raise VersionNotSupported(
                 f"HTTP/{event.http_version.decode()} is not supported"
@@ -307,6 +322,10 @@ class H11ClientCodec:
         length, chunked = _framing(event.headers)
         if chunked and length is not None:
             raise BadRequest("both Content-Length and Transfer-Encoding")
+        if chunked and event.http_version == b"1.0":
+            # RFC 9112 6.1: its framing is faulty; a hop that ignores
+            # Transfer-Encoding in HTTP/1.0 would frame it differently.
+            raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
         expect = any(
             n == b"expect" and v.lower() == b"100-continue"
             for n, v in event.headers
@@ -338,13 +357,16 @@ class H11ClientCodec:
 
     def response_head(self, head: ResponseHead, headers: Headers) -> bytes:
         """Serialise a response head for the client, framing chosen here."""
-        if head.content_length is not None and not head.chunked:
-            headers.append((b"Content-Length", b"%d" % head.content_length))
         if head.status < 200:
+            # An interim response has no body, whatever its headers say.
             event = h11.InformationalResponse(
                 status_code=head.status, headers=headers, reason=head.reason
             )
         else:
+            if head.content_length is not None and not head.chunked:
+                headers.append(
+                    (b"Content-Length", b"%d" % head.content_length)
+                )
             event = h11.Response(
                 status_code=head.status, headers=headers, reason=head.reason
             )
@@ -367,9 +389,10 @@ class H11ClientCodec:
         data = conn.send(
             h11.Response(status_code=status, headers=headers, reason=reason)
         )
-        return data + conn.send(h11.Data(data=body)) + conn.send(
-            h11.EndOfMessage()
-        )
+        if self._method != b"HEAD":
+            # The answer to a HEAD is the head alone, Content-Length kept.
+            data += conn.send(h11.Data(data=body))
+        return data + conn.send(h11.EndOfMessage())
 
     def next_cycle(self) -> bool:
         """Get ready for the next request; False if the connection must close."""
@@ -392,13 +415,14 @@ def _raw_response(status: int, reason: bytes, headers: Headers,
 class H11UpstreamCodec:
     """The upstream side of a connection, on h11 (we are the client)."""
 
-    __slots__ = ("_conn", "_method")
+    __slots__ = ("_conn", "_method", "_suspect")
 
     def __init__(self, max_head: int) -> None:
         self._conn = h11.Connection(
             h11.CLIENT, max_incomplete_event_size=max_head
         )
         self._method = b""
+        self._suspect = False
 
     def request_head(
         self, method: bytes, target: bytes, headers: Headers,
@@ -446,6 +470,10 @@ class H11UpstreamCodec:
         # The declared framing: for HEAD, 204 and 304 it describes a body
         # that is not there, and h11 already knows to read none.
         length, chunked = _framing(event.headers)
+        if chunked and length is not None:
+            # Relayed chunked without the Content-Length (RFC 9112 6.3),
+            # but a backend that sends both is not trusted with another.
+            self._suspect = True
         return ResponseHead(
             event.status_code,
             event.reason,
@@ -461,14 +489,16 @@ class H11UpstreamCodec:
         """True once the exchange ended cleanly and keep-alive holds.
 
         Bytes past the response's end (a 304 or a HEAD answer carrying a
-        body it must not have) would be read as the next response: such a
-        connection is not reusable.
+        body it must not have) would be read as the next response, and a
+        response framed by both Content-Length and Transfer-Encoding shows
+        a backend that frames loosely: such a connection is not reusable.
         """
         conn = self._conn
         return (
             conn.our_state is h11.DONE
             and conn.their_state is h11.DONE
             and not conn.trailing_data[0]
+            and not self._suspect
         )
 
     def next_cycle(self) -> None:
@@ -491,8 +521,15 @@ class H11Engine:
         return H11UpstreamCodec(max(self.max_head, 64 * 1024))
 
 
-def make_engine(name: str, max_head: int, max_target: int) -> H11Engine:
+def make_engine(
+    name: str, max_head: int, max_target: int
+) -> H11Engine | CompiledEngine:
     """The engine ``[listen] http_engine`` names."""
     if name == "h11":
         return H11Engine(max_head, max_target)
+    if name == "compiled":
+        # Imported here: the compiled module imports this one.
+        from proxy._http import CompiledEngine
+
+        return CompiledEngine(max_head, max_target)
     raise ValueError(f"http_engine {name!r} is not available in this build")

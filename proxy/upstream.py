@@ -8,9 +8,17 @@ left half-sent, a framing error) closes it instead.
 
 The pool is a stack of idle connections: the most recently used is the
 most likely to be alive. A connection the backend closed while idle is
-noticed by its own EOF and leaves the pool at once; the rare one that dies
-between ``take()`` and the first response byte is what the client's single
-retry of an idempotent request is for.
+noticed by its own EOF and leaves the pool at once. A close that arrived
+but was not yet read (the EOF waits in the same turn of the loop) is found
+by ``take(check=True)``, which polls the socket before handing it out; the
+data path asks for that check for requests it could not retry. The rare
+connection that dies between ``take()`` and the first response byte is
+what the client's single retry of an idempotent request is for; anything
+else gets a 502, since a request that was written may have been acted on.
+
+Only a connection whose exchange ended cleanly and whose write buffer is
+empty goes back to the pool: bytes still queued to the backend belong to
+a request it already answered.
 
 New connections are opened by a task (asyncio's create_connection is a
 coroutine): one per new connection, not one per request.
@@ -21,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import select
 from typing import TYPE_CHECKING
 
 from proxy._core import OUTCOME_UPSTREAM_ERROR
@@ -35,6 +44,10 @@ log = logging.getLogger("maitred.error")
 # Write buffer marks: past HIGH the client stops reading (back-pressure).
 _WRITE_HIGH = 64 * 1024
 _WRITE_LOW = 16 * 1024
+
+# Anything readable on an idle connection (EOF, a reset, stray bytes) means
+# it cannot carry another request.
+_IDLE_DEAD = select.POLLIN | select.POLLPRI | getattr(select, "POLLRDHUP", 0)
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -123,17 +136,29 @@ class UpstreamPool:
         self.idle: list[UpstreamProtocol] = []
         self._factory = functools.partial(UpstreamProtocol, self)
 
-    def take(self) -> UpstreamProtocol | None:
-        """The most recently used idle connection still open, if any."""
+    def take(self, check: bool = False) -> UpstreamProtocol | None:
+        """The most recently used idle connection still open, if any.
+
+        With ``check``, one poll of the socket first: a connection whose
+        close arrived but was not read yet is closed and skipped.
+        """
         idle = self.idle
         while idle:
             up = idle.pop()
-            if not up.closed and not up.transport.is_closing():
-                return up
+            if up.closed or up.transport.is_closing():
+                continue
+            if check and not _looks_alive(up.transport):
+                up.abort()
+                continue
+            return up
         return None
 
     def put(self, up: UpstreamProtocol) -> None:
-        if up.closed or len(self.idle) >= self.max_idle:
+        if (
+            up.closed
+            or up.transport.get_write_buffer_size()
+            or len(self.idle) >= self.max_idle
+        ):
             up.close()
         else:
             self.idle.append(up)
@@ -173,6 +198,16 @@ class UpstreamPool:
         for up in self.idle:
             up.close()
         self.idle.clear()
+
+
+def _looks_alive(transport: asyncio.Transport) -> bool:
+    """True unless the idle connection's socket has something to read."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), _IDLE_DEAD)
+    return not poller.poll(0)
 
 
 def _describe(exc: BaseException) -> str:

@@ -26,7 +26,7 @@ from proxy.admin import AdminServer
 from proxy.demo import SampleBackend
 from proxy.server import Proxy
 
-ENGINES = ["h11"]
+ENGINES = ["h11", "compiled"]
 
 
 class LoopThread:
