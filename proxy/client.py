@@ -73,6 +73,7 @@ from proxy.errors import (
     UpstreamTimeout,
 )
 from proxy.responses import REASONS, SHED_BODY, error_body, shed_headers
+from proxy.target import resolve
 
 if TYPE_CHECKING:
     from proxy.server import Proxy
@@ -88,6 +89,9 @@ _PAUSE_UPLOAD = 2  # the upstream is not taking the body fast enough
 
 # Unread bytes a queued or pipelining client may leave in the codec.
 _MAX_BUFFERED = 64 * 1024
+
+# Request headers the proxy writes itself (X-Forwarded-For is appended to).
+_SET_BY_PROXY = frozenset({b"host", b"x-forwarded-proto", b"x-forwarded-host"})
 
 _UPSTREAM_TIMEOUT_PHASES = frozenset({PHASE_CONNECT, PHASE_RESPONSE, PHASE_READ})
 
@@ -116,6 +120,8 @@ class ClientProtocol(asyncio.Protocol):
         "keep_alive",
         "status",
         "started",
+        "target",
+        "host",
     )
 
     def __init__(self, proxy: Proxy) -> None:
@@ -141,6 +147,8 @@ class ClientProtocol(asyncio.Protocol):
         self.keep_alive = True
         self.status = 0
         self.started = 0.0
+        self.target = b""
+        self.host: bytes | None = None
 
     # -- asyncio callbacks --------------------------------------------------
 
@@ -256,6 +264,13 @@ class ClientProtocol(asyncio.Protocol):
         if head.content_length is not None and head.content_length > limit:
             self._reject(PayloadTooLarge(f"{head.content_length} bytes"))
             return
+        try:
+            self.target, self.host = resolve(
+                head.method, head.target, _host_header(head.headers)
+            )
+        except HttpError as err:
+            self._reject(err)
+            return
         self.core.disarm(self.timer)
         result = self.core.acquire(self.waiter)
         if result == ADMITTED:
@@ -358,7 +373,7 @@ class ClientProtocol(asyncio.Protocol):
         head = self.request
         data = up.codec.request_head(
             head.method,
-            head.target,
+            self.target,
             self._upstream_headers(head),
             head.content_length,
             head.chunked,
@@ -371,7 +386,6 @@ class ClientProtocol(asyncio.Protocol):
 
     def _upstream_headers(self, head: RequestHead) -> list[tuple[bytes, bytes]]:
         forwarded_for = None
-        host = None
         headers = []
         for name, value in end_to_end(head.headers):
             lower = name.lower()
@@ -380,18 +394,18 @@ class ClientProtocol(asyncio.Protocol):
                     value if forwarded_for is None else forwarded_for + b", " + value
                 )
                 continue
-            if lower == b"x-forwarded-proto" or lower == b"x-forwarded-host":
+            if lower in _SET_BY_PROXY:
                 continue
-            if lower == b"host":
-                host = value
             headers.append((name, value))
         if forwarded_for:
             forwarded_for += b", " + self.peer
+        # Host comes from the resolved target, so neither a Connection
+        # header nor an absolute-form target can make it disagree.
+        host = self.host
+        headers.append((b"Host", host or self.proxy.upstream_host))
         headers.append((b"X-Forwarded-For", forwarded_for or self.peer))
         headers.append((b"X-Forwarded-Proto", b"http"))
-        if host is None:
-            headers.append((b"Host", self.proxy.upstream_host))
-        else:
+        if host:
             headers.append((b"X-Forwarded-Host", host))
         return headers
 
@@ -432,6 +446,9 @@ class ClientProtocol(asyncio.Protocol):
             return
         self.response_started = True
         self.status = head.status
+        if head.status == 204:
+            # A 204 has no content to describe (RFC 9110 8.6).
+            head.content_length = None
         if not self.request_done:
             # An early response: the rest of the body will not be read, so
             # the connection closes after it; say so.
@@ -595,6 +612,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def _reject(self, err: HttpError) -> None:
         """A bad request: answer with its status (if we still can), close."""
+        self.status = err.status
         if self.waiter.state == HOLDING:
             self._drop_upstream()
             self._release(OUTCOME_BAD_REQUEST)
@@ -602,7 +620,6 @@ class ClientProtocol(asyncio.Protocol):
             self.core.cancel(self.waiter)
         else:
             self.core.record(OUTCOME_BAD_REQUEST)
-            self.status = err.status
             self._access(OUTCOME_BAD_REQUEST)
         if self.response_started:
             self.transport.abort()
@@ -651,3 +668,10 @@ class ClientProtocol(asyncio.Protocol):
             self._resume(_PAUSE_UPLOAD)
         if self.phase == FORWARDING:
             self._arm_exchange()
+
+
+def _host_header(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    for name, value in headers:
+        if len(name) == 4 and name.lower() == b"host":
+            return value
+    return None

@@ -188,11 +188,12 @@ def _raw(headers: h11._headers.Headers) -> Headers:
 def _translate(exc: h11.RemoteProtocolError) -> HttpError:
     """The one place h11's errors become maitred's."""
     status = exc.error_status_hint
+    text = str(exc)
     if status == 431:
-        return HeadersTooLarge(str(exc))
+        return HeadersTooLarge("request head or chunk header too large")
     if status == 501:
-        return NotImplementedMethod(str(exc))
-    return BadRequest(str(exc))
+        return NotImplementedMethod(text)
+    return BadRequest(text)
 
 
 # Where a client codec is in scanning the next request head.

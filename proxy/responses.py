@@ -9,6 +9,7 @@ words that label ``maitred_shed_total``) and when to come back
 from __future__ import annotations
 
 import math
+import re
 
 from proxy import _core
 from proxy.codec import Headers
@@ -32,6 +33,10 @@ REASONS = {
     504: b"Gateway Timeout",
     505: b"HTTP Version Not Supported",
 }
+
+# Parsers quote the offending bytes as Python reprs (b'...', bytearray(...));
+# the client gets the sentence without them.
+_PARSER_QUOTE = re.compile(r"""\s*:?\s*(?:b['"]|bytearray\()""")
 
 _TEXT = (b"Content-Type", b"text/plain; charset=utf-8")
 _CLOSE = (b"Connection", b"close")
@@ -63,6 +68,7 @@ def shed_headers(reason: str, seconds: int, close: bool) -> Headers:
 def error_body(status: int, detail: str = "") -> bytes:
     """A one-line body: the status and, for client errors, what was wrong."""
     text = f"maitred: {status} {REASONS[status].decode()}"
+    detail = _PARSER_QUOTE.split(detail, 1)[0].strip(" :")
     if detail and status < 500:
         text += f": {detail[:200]}"
     return text.encode("utf-8", "replace") + b"\n"

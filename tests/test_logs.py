@@ -6,7 +6,7 @@ import json
 import logging
 
 import pytest
-from wire import get, request
+from wire import Reader, get, request
 
 from proxy.logs import ACCESS, access_logger
 
@@ -47,3 +47,17 @@ def test_access_log_records_sheds_in_json(access_on, caplog):
     assert line == {"client": "::1", "method": "GET", "target": "/x",
                     "version": "1.1", "status": 503, "outcome": "shed",
                     "seconds": 0.0001}
+
+
+def test_access_log_records_the_status_of_a_request_cut_mid_body(
+    access_on, start_proxy, caplog
+):
+    harness = start_proxy(**{"timeouts.client_body": "200ms"})
+    caplog.set_level(logging.INFO, logger="maitred.access")
+    with harness.connect() as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nab")
+        assert Reader(sock).response().status == 408
+    harness.wait_for(lambda s: s["requests"]["bad_request"] == 1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "maitred.access"]
+    assert len(lines) == 1
+    assert '" 408 bad_request ' in lines[0]

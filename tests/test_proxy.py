@@ -136,6 +136,15 @@ BAD_HEADS = {
         b"GET / HTTP/2.0\r\nHost: test\r\n\r\n",
         505,
     ),
+    # A newcomer's probes: targets and Hosts the backend could read
+    # differently from the proxy.
+    "relative_target": (b"GET a/b HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+    "asterisk_not_options": (b"GET * HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+    "host_with_space": (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+    "host_with_userinfo": (b"GET / HTTP/1.1\r\nHost: a/b@c\r\n\r\n", 400),
+    "url_with_userinfo": (
+        b"GET http://u@h.test/ HTTP/1.1\r\nHost: h.test\r\n\r\n", 400
+    ),
 }
 BAD_HEAD_LIMITS = {"limits.max_target": "256B", "limits.max_head": "1KiB"}
 
@@ -826,3 +835,58 @@ def test_stray_body_after_304_is_dropped_with_its_connection(start_proxy):
     assert after.status == 200
     assert after.body == b"ok\n"
     assert backend.connections == 2
+
+
+# -- where a request goes -----------------------------------------------------
+
+GET_ABSOLUTE_FORM = (
+    b"GET http://other.test:8081/x?y=1 HTTP/1.1\r\nHost: shop.test\r\n\r\n"
+)
+GET_STRIPPING_HOST = (
+    b"GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: close, Host\r\n\r\n"
+)
+GET_GARBAGE_LINE = b"GARBAGE\r\n\r\n"
+
+
+def test_absolute_form_target_goes_upstream_in_origin_form_with_its_host(
+    start_proxy,
+):
+    harness, backend = scripted(start_proxy)
+
+    assert exchange(harness, GET_ABSOLUTE_FORM).status == 200
+
+    (request,) = backend.requests
+    assert request.target == b"/x?y=1"
+    assert request.header("host") == b"other.test:8081"
+    assert request.header("x-forwarded-host") == b"other.test:8081"
+
+
+def test_connection_header_cannot_strip_host(start_proxy):
+    harness, backend = scripted(start_proxy)
+
+    assert exchange(harness, GET_STRIPPING_HOST).status == 200
+
+    (request,) = backend.requests
+    assert request.header("host") == b"shop.test"
+    assert request.header("x-forwarded-host") == b"shop.test"
+
+
+def test_error_body_quotes_no_parser_internals(start_proxy):
+    harness, _ = scripted(start_proxy)
+
+    resp = exchange(harness, GET_GARBAGE_LINE)
+
+    assert resp.status == 400
+    assert b"bytearray" not in resp.body and b"b'" not in resp.body
+
+
+def test_a_204_is_relayed_without_content_length(start_proxy):
+    harness, _ = scripted(
+        start_proxy,
+        lambda request: [b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"],
+    )
+
+    resp = exchange(harness, GET)
+
+    assert resp.status == 204
+    assert resp.header("content-length") is None
