@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+from wire import LINGER_ZERO
 
 
 class _Step:
@@ -32,8 +33,6 @@ STALL = _Step("STALL")
 
 Step = bytes | float | _Step
 
-# SO_LINGER on with a zero timeout: close() sends RST, not FIN.
-LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
 @dataclass
@@ -226,3 +225,10 @@ def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def scripted(start_proxy, script=None, **settings):
+    """A proxy in front of a ScriptedBackend; returns (harness, backend)."""
+    backend = ScriptedBackend(script) if script else ScriptedBackend()
+    harness = start_proxy(backend=backend, **settings)
+    return harness, backend

@@ -44,7 +44,7 @@ from backends import (
     response,
 )
 from conftest import LoopThread
-from wire import Reader
+from wire import Reader, eventually, exchange, reset
 
 # -- raw requests -------------------------------------------------------------
 
@@ -325,25 +325,10 @@ class OnOtherLoop:
 # -- helpers ------------------------------------------------------------------
 
 
-def exchange(harness, raw: bytes, method: str = "GET"):
-    with harness.connect() as sock:
-        sock.sendall(raw)
-        return Reader(sock).response(method)
 
 
-def reset(sock: socket.socket) -> None:
-    """Close with RST: the client is gone, not half-closed."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ZERO)
-    sock.close()
 
 
-def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def silent_for(sock: socket.socket, seconds: float) -> bool:

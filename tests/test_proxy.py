@@ -15,23 +15,20 @@ from __future__ import annotations
 
 import os
 import socket
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from backends import (
     CLOSE,
-    LINGER_ZERO,
     RESET,
     STALL,
     Request,
-    ScriptedBackend,
     chunked_response,
     response,
+    scripted,
     unused_port,
 )
-from wire import Reader
+from wire import Reader, eventually, exchange, reset
 
 # -- raw requests -------------------------------------------------------------
 
@@ -185,33 +182,12 @@ def get(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode()
 
 
-def exchange(harness, raw: bytes, method: str = "GET"):
-    """Send one raw request on a new connection and read the response."""
-    with harness.connect() as sock:
-        sock.sendall(raw)
-        return Reader(sock).response(method)
 
 
-def reset(sock: socket.socket) -> None:
-    """Close with RST: the client is gone, not half-closed."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ZERO)
-    sock.close()
 
 
-def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
-def scripted(start_proxy, script=None, **settings):
-    """A proxy in front of a ScriptedBackend; returns (harness, backend)."""
-    backend = ScriptedBackend(script) if script else ScriptedBackend()
-    harness = start_proxy(backend=backend, **settings)
-    return harness, backend
 
 
 def echo_target(request: Request) -> list:

@@ -8,7 +8,13 @@ codecs: a bug there cannot hide itself here.
 from __future__ import annotations
 
 import socket
+import struct
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+# SO_LINGER on with a zero timeout: close() sends RST, not FIN.
+LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
 @dataclass
@@ -133,3 +139,26 @@ def request(port: int, raw: bytes, method: str = "GET",
 
 def get(path: str = "/", host: str = "test") -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+
+
+def exchange(harness, raw: bytes, method: str = "GET") -> Response:
+    """Send one raw request on a new connection and read the response."""
+    with harness.connect() as sock:
+        sock.sendall(raw)
+        return Reader(sock).response(method)
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with RST: the client is gone, not half-closed."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ZERO)
+    sock.close()
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
