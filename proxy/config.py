@@ -521,9 +521,9 @@ FIELDS: tuple[Field, ...] = (
         "listen",
         "http_engine",
         _CHOICE,
-        "h11",
-        "HTTP/1.1 parser: h11 (reference) or compiled",
-        choices=("h11", "compiled"),
+        "compiled",
+        "HTTP/1.1 parser: compiled, or h11 (the reference)",
+        choices=("compiled", "h11"),
     ),
     Field(
         "upstream",
