@@ -14,7 +14,10 @@ lint:
 	cython-lint proxy/*.pyx
 
 annotate:
-	cython -a -3 proxy/_core.pyx -o build/_core.c && echo "see build/_core.html"
+	mkdir -p build
+	cython -a -3 proxy/_core.pyx -o build/_core.c
+	cython -a -3 proxy/_http.pyx -o build/_http.c
+	@echo "see build/_core.html and build/_http.html"
 
 bench:
 	$(PY) -m bench overhead --quick
