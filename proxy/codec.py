@@ -162,9 +162,23 @@ def connection_tokens(headers: Headers) -> set[bytes]:
 
 
 def end_to_end(headers: Headers) -> Headers:
-    """Drop hop-by-hop headers and those the Connection header names."""
-    dropped = HOP_BY_HOP | (connection_tokens(headers) - PROXY_OWNED)
-    return [(n, v) for n, v in headers if n.lower() not in dropped]
+    """Drop hop-by-hop headers and those the Connection header names.
+
+    One pass in the usual case; a second only when a Connection header
+    names further headers to drop.
+    """
+    kept = []
+    named = False
+    for pair in headers:
+        lower = pair[0].lower()
+        if lower in HOP_BY_HOP:
+            named = named or lower == b"connection"
+            continue
+        kept.append(pair)
+    if not named:
+        return kept
+    dropped = connection_tokens(headers) - PROXY_OWNED
+    return [pair for pair in kept if pair[0].lower() not in dropped]
 
 
 # -- the h11 engine ---------------------------------------------------------
