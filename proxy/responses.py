@@ -47,7 +47,8 @@ def retry_after(setting: int | str, queue_timeout: float,
     """Seconds a shed client should wait: a fixed number, or "auto".
 
     Auto is the time a fresh request would need to get through: one queue
-    wait plus one typical upstream exchange, rounded up, within 1..60 s.
+    wait plus the mean upstream exchange (since start), rounded up, within
+    1..60 s.
     """
     if isinstance(setting, int):
         return setting

@@ -102,7 +102,7 @@ class Proxy:
                 timer.owner.on_deadline(timer.phase)
             except Exception:
                 log.exception("deadline handler failed")
-        if loop.time() >= self._retry_after_at:
+        if time.monotonic() >= self._retry_after_at:
             self._refresh_retry_after()
 
     def _refresh_retry_after(self) -> None:
