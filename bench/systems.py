@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import os
 import resource
 import shlex
 import shutil
@@ -82,10 +83,14 @@ class Peer:
     version: str | None = None
 
     def describe(self) -> dict:
+        # Programs by name only: results are shared, this machine's paths not.
+        command = self.command and [
+            os.path.basename(self.command[0]), *self.command[1:]
+        ]
         return {
             "name": self.name, "kind": self.kind, "available": self.available,
             "reason": self.reason, "version": self.version,
-            "engine": self.engine, "command": shlex.join(self.command) or None,
+            "engine": self.engine, "command": shlex.join(command or []) or None,
         }
 
 
