@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .procs import StartError
+from .stats import aggregate
 from .systems import (
     REPO_ROOT,
     Limits,
@@ -95,6 +96,27 @@ def start_failed(ctx: Context, peer: Peer, error: StartError) -> dict:
     ctx.failed[peer.name] = str(error)
     ctx.log(f"{peer.name} failed to start: {error}")
     return {"system": peer.name, "error": f"failed to start: {error}"}
+
+
+def per_system(ctx: Context, rows: list[dict], keys: list[str],
+               by: str | None = None, values=(None,)) -> list[dict]:
+    """Medians over rounds for each system (and each value of ``by``).
+
+    A system that is not installed gets one entry saying why, never none.
+    """
+    summary = []
+    for peer in ctx.peers:
+        if not peer.available:
+            summary.append({"system": peer.name, "missing": peer.reason})
+            continue
+        for value in values:
+            mine = [row for row in rows if row["system"] == peer.name
+                    and (by is None or row.get(by) == value)]
+            entry = {"system": peer.name} if by is None else {
+                "system": peer.name, by: value}
+            entry.update(aggregate(mine, keys))
+            summary.append(entry)
+    return summary
 
 
 def require_tool(ctx: Context, name: str) -> str | None:

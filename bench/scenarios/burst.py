@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from .. import loadgen, report, wire
 from ..backend import STATS_PATH
-from ..harness import Context, attempt, serving, start_failed
+from ..harness import Context, attempt, per_system, serving, start_failed
 from ..procs import StartError
-from ..stats import aggregate, lag_check, summarize
+from ..stats import lag_check, summarize
 
 NAME = "burst"
 
@@ -57,15 +57,7 @@ def run(ctx: Context) -> dict:
         for peer in ctx.available():
             if attempt(ctx, peer):
                 rows.append(measure(ctx, peer, round_))
-    summary = []
-    for peer in ctx.peers:
-        if not peer.available:
-            summary.append({"system": peer.name, "missing": peer.reason})
-            continue
-        entry = {"system": peer.name}
-        entry.update(aggregate([r for r in rows if r["system"] == peer.name],
-                               KEYS))
-        summary.append(entry)
+    summary = per_system(ctx, rows, KEYS)
     return {"results": rows, "summary": summary, "goals": []}
 
 

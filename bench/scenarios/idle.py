@@ -14,9 +14,8 @@ from __future__ import annotations
 import asyncio
 
 from .. import loadgen, report
-from ..harness import Context, attempt, serving, start_failed
+from ..harness import Context, attempt, per_system, serving, start_failed
 from ..procs import StartError
-from ..stats import aggregate
 from ..systems import Limits, haproxy_maxconn_cap
 from ..wire import ProtocolError, ResponseParser, reset_on_close
 
@@ -109,15 +108,7 @@ def run(ctx: Context) -> dict:
         for peer in ctx.available():
             if attempt(ctx, peer):
                 rows.append(measure(ctx, peer, round_))
-    summary = []
-    for peer in ctx.peers:
-        if not peer.available:
-            summary.append({"system": peer.name, "missing": peer.reason})
-            continue
-        entry = {"system": peer.name}
-        entry.update(aggregate([r for r in rows if r["system"] == peer.name],
-                               KEYS))
-        summary.append(entry)
+    summary = per_system(ctx, rows, KEYS)
     return {"results": rows, "summary": summary, "goals": goals(summary)}
 
 

@@ -23,9 +23,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from .. import report
-from ..harness import Context, attempt, require_tool, start_failed
+from ..harness import Context, attempt, per_system, require_tool, start_failed
 from ..procs import StartError, pinned
-from ..stats import aggregate
 from ..systems import (
     Limits,
     find_tool,
@@ -62,7 +61,7 @@ def run(ctx: Context) -> dict:
             batch = [measure(ctx, wrk, peer, origin, origin_port, round_)
                      for peer in ctx.available() if attempt(ctx, peer)]
             rows += _relate(batch)
-    summary = _summarize(ctx, rows)
+    summary = per_system(ctx, rows, KEYS)
     _note_unsaturated(ctx, summary)
     return {"results": rows, "summary": summary, "goals": goals(summary)}
 
@@ -168,19 +167,6 @@ def _relate(batch: list[dict]) -> list[dict]:
             row["added_light_p50_us"] = round(
                 row["light_p50_us"] - bare["light_p50_us"], 1)
     return batch
-
-
-def _summarize(ctx: Context, rows: list[dict]) -> list[dict]:
-    summary = []
-    for peer in ctx.peers:
-        if not peer.available:
-            summary.append({"system": peer.name, "missing": peer.reason})
-            continue
-        entry = {"system": peer.name}
-        entry.update(aggregate([r for r in rows if r["system"] == peer.name],
-                               KEYS))
-        summary.append(entry)
-    return summary
 
 
 def goals(summary: list[dict]) -> list[dict]:

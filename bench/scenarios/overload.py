@@ -14,9 +14,9 @@ import time
 
 from .. import loadgen, report, wire
 from ..backend import STATS_PATH
-from ..harness import Context, attempt, serving, start_failed
+from ..harness import Context, attempt, per_system, serving, start_failed
 from ..procs import StartError
-from ..stats import aggregate, lag_check, summarize
+from ..stats import lag_check, summarize
 
 NAME = "overload"
 
@@ -41,7 +41,8 @@ def run(ctx: Context) -> dict:
             for peer in ctx.available():
                 if attempt(ctx, peer):
                     rows.append(measure(ctx, peer, multiple, round_))
-    summary = summarize_rows(ctx, rows)
+    summary = per_system(ctx, rows, KEYS, by="multiple",
+                         values=ctx.settings["multiples"])
     return {"results": rows, "summary": summary, "goals": goals(ctx, summary)}
 
 
@@ -83,21 +84,6 @@ def backend_stats(port: int) -> dict:
             lambda: wire.get_json(port, STATS_PATH.decode(), timeout=2.0))
     except (OSError, wire.ProtocolError, ValueError, TimeoutError):
         return {}
-
-
-def summarize_rows(ctx: Context, rows: list[dict]) -> list[dict]:
-    summary = []
-    for peer in ctx.peers:
-        if not peer.available:
-            summary.append({"system": peer.name, "missing": peer.reason})
-            continue
-        for multiple in ctx.settings["multiples"]:
-            mine = [row for row in rows if row["system"] == peer.name
-                    and row["multiple"] == multiple]
-            entry = {"system": peer.name, "multiple": multiple}
-            entry.update(aggregate(mine, KEYS))
-            summary.append(entry)
-    return summary
 
 
 def goals(ctx: Context, summary: list[dict]) -> list[dict]:

@@ -19,9 +19,9 @@ import asyncio
 import itertools
 
 from .. import loadgen, report
-from ..harness import Context, attempt, serving, start_failed
+from ..harness import Context, attempt, per_system, serving, start_failed
 from ..procs import StartError
-from ..stats import aggregate, lag_check, summarize
+from ..stats import lag_check, summarize
 from ..wire import reset_on_close
 
 NAME = "slow-clients"
@@ -127,17 +127,8 @@ def run(ctx: Context) -> dict:
             for loris in (0, ctx.settings["loris"]):
                 if attempt(ctx, peer):
                     rows.append(measure(ctx, peer, loris, round_))
-    summary = []
-    for peer in ctx.peers:
-        if not peer.available:
-            summary.append({"system": peer.name, "missing": peer.reason})
-            continue
-        for loris in (0, ctx.settings["loris"]):
-            mine = [r for r in rows if r["system"] == peer.name
-                    and r.get("loris") == loris]
-            entry = {"system": peer.name, "loris": loris}
-            entry.update(aggregate(mine, KEYS))
-            summary.append(entry)
+    summary = per_system(ctx, rows, KEYS, by="loris",
+                         values=(0, ctx.settings["loris"]))
     return {"results": rows, "summary": summary, "goals": []}
 
 
