@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 
 import pytest
-from wire import Reader, get, request
+from wire import Reader, eventually, get, request
 
 from proxy.config import LIVE_KEYS, load
 
@@ -77,15 +76,6 @@ def answer(admin, raw: bytes):
     if response.header("content-type") == "application/json":
         payload = json.loads(response.body)
     return response, payload
-
-
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def send_held(harness, raw: bytes, count: int) -> list[socket.socket]:
@@ -239,7 +229,7 @@ def test_drain_fails_readiness_and_lets_in_flight_requests_finish(
 
         assert response.status == 202
         assert payload == {"status": "draining"}
-        assert wait_until(lambda: answer(admin, GET_READYZ)[0].status == 503)
+        assert eventually(lambda: answer(admin, GET_READYZ)[0].status == 503)
         assert answer(admin, GET_HEALTHZ)[0].status == 200
         shed = request(port, GET_OK, timeout=2)
         answers = [Reader(sock).response() for sock in held]
@@ -322,7 +312,7 @@ def test_lowering_the_cap_under_load_caps_what_the_backend_sees(
     harness = start_proxy(seats=64, service_time=0.02, **UNDER_LOAD)
     admin = start_admin(harness)
     load = start_load(harness.port, GET_OK, clients=24)
-    assert wait_until(lambda: harness.backend_counts()["active"] >= 8)
+    assert eventually(lambda: harness.backend_counts()["active"] >= 8)
 
     response, limits = answer(admin, patch({"max_concurrency": 4}))
     assert response.status == 200
@@ -331,7 +321,7 @@ def test_lowering_the_cap_under_load_caps_what_the_backend_sees(
     harness.reset_backend_peak()
     served = harness.backend_counts()["served"]
     # Enough requests through at the new cap for a higher peak to show.
-    assert wait_until(
+    assert eventually(
         lambda: harness.backend_counts()["served"] >= served + 60
     )
 
@@ -357,7 +347,7 @@ def test_raising_the_cap_admits_the_queued_requests_at_once(
     assert response.status == 200
     assert stats["queued"] == 0
     assert stats["inflight"] > 2
-    assert wait_until(lambda: harness.backend_counts()["active"] > 2)
+    assert eventually(lambda: harness.backend_counts()["active"] > 2)
     outcomes = load.stop()
     assert set(outcomes) == {200}, outcomes
 
@@ -370,7 +360,7 @@ def test_lowering_the_cap_never_cancels_in_flight_requests(
     admin = start_admin(harness)
     held = send_held(harness, GET_SLOW, 8)
     try:
-        assert wait_until(lambda: harness.backend_counts()["active"] == 8)
+        assert eventually(lambda: harness.backend_counts()["active"] == 8)
 
         assert answer(admin, patch({"max_concurrency": 2}))[0].status == 200
         held += send_held(harness, GET_OK, 1)

@@ -10,11 +10,10 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from click.testing import CliRunner
-from wire import get, request
+from wire import eventually, get, request
 
 from proxy.cli import main
 from proxy.config import LIVE_KEYS
@@ -90,15 +89,6 @@ def free_port() -> int:
 
 def limits_of(harness) -> dict:
     return harness.loop.call(harness.proxy.limits)
-
-
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 # -- limits -------------------------------------------------------------------
@@ -385,7 +375,7 @@ def test_drain_stops_new_work(start_proxy, start_admin):
 
     assert result.exit_code == 0, result.output
     assert "draining" in result.output
-    assert wait_until(lambda: harness.stats()["draining"])
+    assert eventually(lambda: harness.stats()["draining"])
 
 
 # -- live tuning under load ---------------------------------------------------
@@ -401,7 +391,7 @@ def test_limits_set_under_load_caps_the_backend_without_failures(
     })
     admin = start_admin(harness)
     load = start_load(harness.port, GET_OK, clients=24)
-    assert wait_until(lambda: harness.backend_counts()["active"] >= 8)
+    assert eventually(lambda: harness.backend_counts()["active"] >= 8)
 
     lowered = cli("limits", "set", "--admin", admin_url(admin),
                   "--max-concurrency", "4")
@@ -410,7 +400,7 @@ def test_limits_set_under_load_caps_the_backend_without_failures(
     harness.reset_backend_peak()
     served = harness.backend_counts()["served"]
     # Enough requests through at the new cap for a higher peak to show.
-    assert wait_until(
+    assert eventually(
         lambda: harness.backend_counts()["served"] >= served + 60
     )
     peak_at_4 = harness.backend_counts()["peak"]

@@ -16,11 +16,10 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
-from wire import Reader, get, request
+from wire import Reader, eventually, get, request
 
 from proxy.demo import SampleBackend
 from proxy.responses import SHED_BODY
@@ -89,15 +88,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 class Maitred:
     """One ``maitred run`` process and the lines it logged."""
 
@@ -137,7 +127,7 @@ class Maitred:
         return sum(text in line for line in self.lines)
 
     def logged(self, text: str, timeout: float = 5.0) -> bool:
-        return wait_until(lambda: any(text in line for line in self.lines),
+        return eventually(lambda: any(text in line for line in self.lines),
                           timeout)
 
     def admin(self, raw: bytes):
@@ -155,7 +145,7 @@ class Maitred:
             except OSError:
                 return False
 
-        assert wait_until(answers, START_TIMEOUT), self.log
+        assert eventually(answers, START_TIMEOUT), self.log
 
     def signal(self, sig: signal.Signals) -> None:
         self.process.send_signal(sig)
@@ -285,7 +275,7 @@ def test_sighup_reports_a_static_change_and_keeps_it_until_restart(
     # Holds the only token for the whole test; cut when the test ends.
     held = send_held(maitred.port, GET_20S, 1)
     try:
-        assert wait_until(
+        assert eventually(
             lambda: maitred.admin_json(GET_STATUS)["inflight"] == 1
         )
         before = request(maitred.port, GET_OK)
@@ -294,7 +284,7 @@ def test_sighup_reports_a_static_change_and_keeps_it_until_restart(
 
         for reloads in (1, 2):
             maitred.signal(signal.SIGHUP)
-            assert wait_until(lambda n=reloads: maitred.count(
+            assert eventually(lambda n=reloads: maitred.count(
                 "SIGHUP: config reloaded") == n), maitred.log
         reloaded = maitred.admin_json(GET_LIMITS)
         # A live change afterwards recomputes Retry-After from the
@@ -321,17 +311,17 @@ def test_stop_signal_under_load_finishes_admitted_requests_and_exits_0(
     maitred = start_maitred(max_concurrency=8)
     held = send_held(maitred.port, GET_800MS, 4)
     try:
-        assert wait_until(
+        assert eventually(
             lambda: maitred.admin_json(GET_STATUS)["inflight"] == 4
         ), maitred.log
         load = start_load(maitred.port, GET_100MS, clients=3,
                           max_requests=300, max_seconds=10.0,
                           keep_alive=False)
-        assert wait_until(lambda: load.sent >= 3), maitred.log
+        assert eventually(lambda: load.sent >= 3), maitred.log
 
         maitred.signal(sig)
 
-        assert wait_until(lambda: maitred.admin(GET_READYZ).status == 503)
+        assert eventually(lambda: maitred.admin(GET_READYZ).status == 503)
         assert maitred.process.poll() is None
         after_signal = try_new_request(maitred.port)
         answers = read_all(held)
@@ -360,7 +350,7 @@ def test_drain_past_the_shutdown_timeout_cuts_in_flight_work_and_exits_0(
     maitred = start_maitred(shutdown="300ms")
     held = send_held(maitred.port, GET_20S, 1)
     try:
-        assert wait_until(
+        assert eventually(
             lambda: maitred.admin_json(GET_STATUS)["inflight"] == 1
         )
 
@@ -379,11 +369,11 @@ def test_second_stop_signal_exits_at_once(start_maitred):
     maitred = start_maitred(shutdown="60s")
     held = send_held(maitred.port, GET_20S, 1)
     try:
-        assert wait_until(
+        assert eventually(
             lambda: maitred.admin_json(GET_STATUS)["inflight"] == 1
         )
         maitred.signal(signal.SIGTERM)
-        assert wait_until(lambda: maitred.admin(GET_READYZ).status == 503)
+        assert eventually(lambda: maitred.admin(GET_READYZ).status == 503)
 
         maitred.signal(signal.SIGTERM)
 
