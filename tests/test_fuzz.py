@@ -46,6 +46,8 @@ from backends import CLOSE, Request, ScriptedBackend, response
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
+from proxy.target import resolve
+
 EXAMPLES = int(os.environ.get("MAITRED_FUZZ_EXAMPLES", "400"))
 SEED = os.environ.get("MAITRED_FUZZ_SEED")
 
@@ -137,7 +139,9 @@ class Upstreamed:
     def __call__(self, peer, request, status, outcome, seconds) -> None:
         self.outcomes.append((request.method, request.target, outcome))
         if outcome in SENT_UPSTREAM:
-            self.requests[(request.method, request.target)] += 1
+            # Upstream, an absolute-form target travels in origin-form.
+            target, _ = resolve(request.method, request.target, None)
+            self.requests[(request.method, target)] += 1
 
     def begin(self) -> None:
         self.requests.clear()
