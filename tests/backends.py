@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -146,20 +147,13 @@ class _Connection:
                 raise _Closed
 
 
-class ScriptedBackend:
-    """A loopback HTTP/1.1 backend that answers as its script says.
+class LoopbackServer(ABC):
+    """What every test backend shares: a loopback listener on a free port
+    whose connection handlers are tracked, so ``stop()`` ends them all.
+    Subclasses implement ``handle(reader, writer, conn)``; ``conn`` counts
+    accepted connections from 0."""
 
-    ``script(request)`` returns the steps for one request. The backend
-    keeps ``received`` (every byte, all connections), ``requests`` (the
-    complete ones, in order) and ``connections`` (how many it accepted).
-    """
-
-    def __init__(
-        self, script: Callable[[Request], Iterable[Step]] = answer_ok
-    ) -> None:
-        self.script = script
-        self.received = bytearray()
-        self.requests: list[Request] = []
+    def __init__(self) -> None:
         self.connections = 0
         self._server: asyncio.AbstractServer | None = None
         self._handlers: set[asyncio.Task] = set()
@@ -183,6 +177,36 @@ class ScriptedBackend:
         self._handlers.add(task)
         conn = self.connections
         self.connections += 1
+        try:
+            await self.handle(reader, writer, conn)
+        finally:
+            self._handlers.discard(task)
+            writer.close()
+
+    @abstractmethod
+    async def handle(self, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter, conn: int) -> None:
+        """Serve one connection until it ends."""
+
+
+class ScriptedBackend(LoopbackServer):
+    """A loopback HTTP/1.1 backend that answers as its script says.
+
+    ``script(request)`` returns the steps for one request. The backend
+    keeps ``received`` (every byte, all connections), ``requests`` (the
+    complete ones, in order) and ``connections`` (how many it accepted).
+    """
+
+    def __init__(
+        self, script: Callable[[Request], Iterable[Step]] = answer_ok
+    ) -> None:
+        super().__init__()
+        self.script = script
+        self.received = bytearray()
+        self.requests: list[Request] = []
+
+    async def handle(self, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter, conn: int) -> None:
         connection = _Connection(reader, self.received)
         try:
             index = 0
@@ -194,9 +218,6 @@ class ScriptedBackend:
                 index += 1
         except (_Closed, ConnectionError):
             pass
-        finally:
-            self._handlers.discard(task)
-            writer.close()
 
     async def _play(self, steps: Iterable[Step], writer) -> bool:
         """Run one request's steps; False once the connection is done."""
