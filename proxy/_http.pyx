@@ -95,7 +95,8 @@ from cpython.bytes cimport (
 from libc.stdint cimport int64_t
 from libc.string cimport memchr, memcmp, memcpy, memset
 
-from proxy.codec import END, NEED_DATA, PAUSED, RequestHead, ResponseHead
+from proxy._heads cimport RequestHead, ResponseHead, ieq
+from proxy.codec import END, NEED_DATA, PAUSED
 from proxy.errors import (
     BadRequest,
     HeadersTooLarge,
@@ -240,30 +241,18 @@ cdef tuple _TE_CHUNKED = (b"Transfer-Encoding", b"chunked")
 # -- byte helpers -------------------------------------------------------------
 
 
-cdef inline bint _ieq(const unsigned char *p, Py_ssize_t n,
-                      const char *lower, Py_ssize_t m) noexcept:
-    """p[:n] equals the lower-case ASCII `lower` ignoring case."""
-    cdef Py_ssize_t i
-    if n != m:
-        return False
-    for i in range(n):
-        if _LOWER[p[i]] != <unsigned char>lower[i]:
-            return False
-    return True
-
-
 cdef int _kind(const unsigned char *p, Py_ssize_t n) noexcept:
-    if n == 4 and _ieq(p, n, b"host", 4):
+    if n == 4 and ieq(p, n, b"host", 4):
         return K_HOST
-    if n == 14 and _ieq(p, n, b"content-length", 14):
+    if n == 14 and ieq(p, n, b"content-length", 14):
         return K_CONTENT_LENGTH
-    if n == 17 and _ieq(p, n, b"transfer-encoding", 17):
+    if n == 17 and ieq(p, n, b"transfer-encoding", 17):
         return K_TRANSFER_ENCODING
-    if n == 10 and _ieq(p, n, b"connection", 10):
+    if n == 10 and ieq(p, n, b"connection", 10):
         return K_CONNECTION
-    if n == 7 and _ieq(p, n, b"upgrade", 7):
+    if n == 7 and ieq(p, n, b"upgrade", 7):
         return K_UPGRADE
-    if n == 6 and _ieq(p, n, b"expect", 6):
+    if n == 6 and ieq(p, n, b"expect", 6):
         return K_EXPECT
     return K_OTHER
 
@@ -307,13 +296,13 @@ cdef void _comma_tokens(const unsigned char *p, Py_ssize_t a, Py_ssize_t b,
         e = _trim_end(p, s, stop)
         if e > s:
             t.any = True
-            if _ieq(p + s, e - s, b"close", 5):
+            if ieq(p + s, e - s, b"close", 5):
                 t.close = True
         if stop >= b:
             break
         i = stop + 1
     for i in range(a, b - 4):
-        if _ieq(p + i, 5, b"close", 5):
+        if ieq(p + i, 5, b"close", 5):
             t.close_text = True
             break
 
@@ -502,7 +491,7 @@ cdef object _check_field(object item, Outgoing *out):
     elif kind == K_TRANSFER_ENCODING:
         if out.chunked:
             raise ValueError("multiple Transfer-Encoding fields")
-        if not _ieq(v, m, b"chunked", 7):
+        if not ieq(v, m, b"chunked", 7):
             raise ValueError(f"Transfer-Encoding {value!r} is not supported")
         out.chunked = True
         if value != _CHUNKED:
@@ -688,7 +677,7 @@ cdef int _framing_field(const unsigned char *p, Py_ssize_t name,
     elif kind == K_TRANSFER_ENCODING:
         if f.chunked:
             f.status, f.fault = 501, b"multiple Transfer-Encoding fields"
-        elif not _ieq(p + value, value_end - value, b"chunked", 7):
+        elif not ieq(p + value, value_end - value, b"chunked", 7):
             f.status = 501
             f.fault = b"only Transfer-Encoding: chunked is supported"
         else:
@@ -701,7 +690,7 @@ cdef int _framing_field(const unsigned char *p, Py_ssize_t name,
         if kind == K_HOST:
             f.hosts += 1
         elif kind == K_EXPECT:
-            if _ieq(p + value, value_end - value, b"100-continue", 12):
+            if ieq(p + value, value_end - value, b"100-continue", 12):
                 f.expect_continue = True
         else:
             memset(&tokens, 0, sizeof(tokens))
@@ -1239,7 +1228,8 @@ cdef class ClientCodec(_Peer):
         cdef int major, minor
         cdef Fields f
         cdef list headers = []
-        cdef object head, length
+        cdef RequestHead head
+        cdef object length
         le = (<const unsigned char *>memchr(p + a, LF, self._last + 1 - a)) - p
         e = le - 1 if le > a and p[le - 1] == CR else le
         i = a
@@ -1288,16 +1278,15 @@ cdef class ClientCodec(_Peer):
             self._framing = FRAME_LENGTH
             self._remaining = f.value if f.length else 0
         length = f.value if f.length else None
-        head = RequestHead(
-            _method_bytes(p + a, m - a),
-            PyBytes_FromStringAndSize(<const char *>p + t, te - t),
-            _version_bytes(major, minor),
-            headers,
-            length,
-            f.chunked,
-            self._version != 10 and not f.close_text,
-            f.expect_continue,
-        )
+        head = RequestHead.__new__(RequestHead)
+        head.method = _method_bytes(p + a, m - a)
+        head.target = PyBytes_FromStringAndSize(<const char *>p + t, te - t)
+        head.version = _version_bytes(major, minor)
+        head.headers = headers
+        head.content_length = length
+        head.chunked = f.chunked
+        head.keep_alive = self._version != 10 and not f.close_text
+        head.expect_continue = f.expect_continue
         self._consume(n)
 
         if self._version != 10 and self._version != 11:
@@ -1523,7 +1512,7 @@ cdef class UpstreamCodec(_Peer):
         cdef Fields f
         cdef list headers = []
         cdef bytes reason
-        cdef object head
+        cdef ResponseHead head
         le = (<const unsigned char *>memchr(p + a, LF, self._last + 1 - a)) - p
         e = le - 1 if le > a and p[le - 1] == CR else le
         if (e - a < 12 or memcmp(p + a, b"HTTP/", 5) != 0
@@ -1558,15 +1547,14 @@ cdef class UpstreamCodec(_Peer):
             _EMPTY if e - a <= 13
             else PyBytes_FromStringAndSize(<const char *>p + a + 13, e - a - 13)
         )
-        head = ResponseHead(
-            status,
-            reason,
-            _version_bytes(major, minor),
-            headers,
-            f.value if f.length else None,
-            f.chunked,
-            keep_alive,
-        )
+        head = ResponseHead.__new__(ResponseHead)
+        head.status = status
+        head.reason = reason
+        head.version = _version_bytes(major, minor)
+        head.headers = headers
+        head.content_length = f.value if f.length else None
+        head.chunked = f.chunked
+        head.keep_alive = keep_alive
         self._consume(n)
         if status == 101:
             self._peer = PEER_SWITCHED

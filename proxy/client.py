@@ -64,7 +64,8 @@ from proxy._core import (
     Timer,
     Waiter,
 )
-from proxy.codec import END, IDEMPOTENT, NEED_DATA, PAUSED, RequestHead, end_to_end
+from proxy._heads import IDEMPOTENT, RequestHead, end_to_end, upstream_fields
+from proxy.codec import END, NEED_DATA, PAUSED
 from proxy.errors import (
     HttpError,
     PayloadTooLarge,
@@ -90,44 +91,16 @@ _PAUSE_UPLOAD = 2  # the upstream is not taking the body fast enough
 # Unread bytes a queued or pipelining client may leave in the codec.
 _MAX_BUFFERED = 64 * 1024
 
-# Request headers the proxy writes itself (X-Forwarded-For is appended to).
-_SET_BY_PROXY = frozenset({b"host", b"x-forwarded-proto", b"x-forwarded-host"})
-
 _UPSTREAM_TIMEOUT_PHASES = frozenset({PHASE_CONNECT, PHASE_RESPONSE, PHASE_READ})
 
 
-class ClientProtocol(asyncio.Protocol):
-    __slots__ = (
-        "proxy",
-        "core",
-        "transport",
-        "codec",
-        "timer",
-        "waiter",
-        "phase",
-        "counted",
-        "peer",
-        "paused",
-        "writing_paused",
-        "request",
-        "request_done",
-        "body_bytes",
-        "response_started",
-        "upstream",
-        "reused",
-        "retried",
-        "connecting",
-        "keep_alive",
-        "status",
-        "started",
-        "target",
-        "host",
-    )
+class ClientProtocol:
+    """One client connection (an asyncio protocol)."""
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self.core = proxy.core
-        self.transport: asyncio.Transport | None = None
+        self.transport = None
         self.codec = None
         self.timer = Timer(self)
         self.waiter = Waiter(self)
@@ -136,19 +109,19 @@ class ClientProtocol(asyncio.Protocol):
         self.peer = b""
         self.paused = 0
         self.writing_paused = False
-        self.request: RequestHead | None = None
+        self.request = None
         self.request_done = False
         self.body_bytes = 0
         self.response_started = False
-        self.upstream: UpstreamProtocol | None = None
+        self.upstream = None
         self.reused = False
         self.retried = False
-        self.connecting: asyncio.Task | None = None
+        self.connecting = None
         self.keep_alive = True
         self.status = 0
         self.started = 0.0
         self.target = b""
-        self.host: bytes | None = None
+        self.host = None
 
     # -- asyncio callbacks --------------------------------------------------
 
@@ -213,14 +186,14 @@ class ClientProtocol(asyncio.Protocol):
         # stop reading the backend, and wait on the client's budget.
         self.writing_paused = True
         if self.upstream is not None:
-            self.upstream.transport.pause_reading()
+            self.upstream.pause_reading()
         if self.phase == FORWARDING:
             self._arm_exchange()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
         if self.upstream is not None:
-            self.upstream.transport.resume_reading()
+            self.upstream.resume_reading()
         if self.phase == FORWARDING:
             self._arm_exchange()
 
@@ -266,7 +239,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         try:
             self.target, self.host = resolve(
-                head.method, head.target, _host_header(head.headers)
+                head.method, head.target, head.host
             )
         except HttpError as err:
             self._reject(err)
@@ -369,12 +342,14 @@ class ClientProtocol(asyncio.Protocol):
         up.attach(self)
         if self.writing_paused:
             # The client has not taken the last response yet.
-            up.transport.pause_reading()
+            up.pause_reading()
         head = self.request
         data = up.codec.request_head(
             head.method,
             self.target,
-            self._upstream_headers(head),
+            upstream_fields(
+                head.headers, self.host, self.peer, self.proxy.upstream_host
+            ),
             head.content_length,
             head.chunked,
         )
@@ -383,31 +358,6 @@ class ClientProtocol(asyncio.Protocol):
             data += up.codec.end()
         up.transport.write(data)
         self._arm_exchange()
-
-    def _upstream_headers(self, head: RequestHead) -> list[tuple[bytes, bytes]]:
-        forwarded_for = None
-        headers = []
-        for name, value in end_to_end(head.headers):
-            lower = name.lower()
-            if lower == b"x-forwarded-for":
-                forwarded_for = (
-                    value if forwarded_for is None else forwarded_for + b", " + value
-                )
-                continue
-            if lower in _SET_BY_PROXY:
-                continue
-            headers.append((name, value))
-        if forwarded_for:
-            forwarded_for += b", " + self.peer
-        # Host comes from the resolved target, so neither a Connection
-        # header nor an absolute-form target can make it disagree.
-        host = self.host
-        headers.append((b"Host", host or self.proxy.upstream_host))
-        headers.append((b"X-Forwarded-For", forwarded_for or self.peer))
-        headers.append((b"X-Forwarded-Proto", b"http"))
-        if host:
-            headers.append((b"X-Forwarded-Host", host))
-        return headers
 
     def upstream_data(self, up: UpstreamProtocol) -> None:
         """Relay what the upstream sent: head, body pieces, end."""
@@ -669,9 +619,3 @@ class ClientProtocol(asyncio.Protocol):
         if self.phase == FORWARDING:
             self._arm_exchange()
 
-
-def _host_header(headers: list[tuple[bytes, bytes]]) -> bytes | None:
-    for name, value in headers:
-        if len(name) == 4 and name.lower() == b"host":
-            return value
-    return None

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Final
 
 import h11
 
+from proxy._heads import RequestHead, ResponseHead
 from proxy.errors import (
     BadRequest,
     HeadersTooLarge,
@@ -58,127 +59,7 @@ NEED_DATA: Final = _Marker("NEED_DATA")
 PAUSED: Final = _Marker("PAUSED")
 END: Final = _Marker("END")
 
-# Headers that describe one hop, never forwarded (RFC 9110 7.6.1), plus the
-# framing headers, which each hop sets for itself.
-HOP_BY_HOP: Final = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-    }
-)
-
-# Names the proxy sets itself: a client's Connection header cannot strip them.
-PROXY_OWNED: Final = frozenset(
-    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
-)
-
-IDEMPOTENT: Final = frozenset(
-    {b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"}
-)
-
 Headers = list[tuple[bytes, bytes]]
-
-
-class RequestHead:
-    """A parsed request head. ``headers`` are (name as sent, value) pairs."""
-
-    __slots__ = (
-        "method",
-        "target",
-        "version",
-        "headers",
-        "content_length",
-        "chunked",
-        "keep_alive",
-        "expect_continue",
-    )
-
-    def __init__(
-        self,
-        method: bytes,
-        target: bytes,
-        version: bytes,
-        headers: Headers,
-        content_length: int | None,
-        chunked: bool,
-        keep_alive: bool,
-        expect_continue: bool,
-    ) -> None:
-        self.method = method
-        self.target = target
-        self.version = version
-        self.headers = headers
-        self.content_length = content_length
-        self.chunked = chunked
-        self.keep_alive = keep_alive
-        self.expect_continue = expect_continue
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
-
-
-class ResponseHead:
-    """A parsed response head (final or 1xx)."""
-
-    __slots__ = ("status", "reason", "version", "headers", "content_length",
-                 "chunked", "keep_alive")
-
-    def __init__(
-        self,
-        status: int,
-        reason: bytes,
-        version: bytes,
-        headers: Headers,
-        content_length: int | None,
-        chunked: bool,
-        keep_alive: bool,
-    ) -> None:
-        self.status = status
-        self.reason = reason
-        self.version = version
-        self.headers = headers
-        self.content_length = content_length
-        self.chunked = chunked
-        self.keep_alive = keep_alive
-
-
-def connection_tokens(headers: Headers) -> set[bytes]:
-    """The lower-cased names listed in every Connection header."""
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            for token in value.split(b","):
-                tokens.add(token.strip().lower())
-    return tokens
-
-
-def end_to_end(headers: Headers) -> Headers:
-    """Drop hop-by-hop headers and those the Connection header names.
-
-    One pass in the usual case; a second only when a Connection header
-    names further headers to drop.
-    """
-    kept = []
-    named = False
-    for pair in headers:
-        lower = pair[0].lower()
-        if lower in HOP_BY_HOP:
-            named = named or lower == b"connection"
-            continue
-        kept.append(pair)
-    if not named:
-        return kept
-    dropped = connection_tokens(headers) - PROXY_OWNED
-    return [pair for pair in kept if pair[0].lower() not in dropped]
 
 
 # -- the h11 engine ---------------------------------------------------------

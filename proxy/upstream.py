@@ -50,16 +50,17 @@ _WRITE_LOW = 16 * 1024
 _IDLE_DEAD = select.POLLIN | select.POLLPRI | getattr(select, "POLLRDHUP", 0)
 
 
-class UpstreamProtocol(asyncio.Protocol):
-    __slots__ = ("pool", "codec", "transport", "client", "closed", "received")
+class UpstreamProtocol:
+    """One connection to the backend (an asyncio protocol)."""
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.codec = pool.engine.upstream_codec()
-        self.transport: asyncio.Transport | None = None
-        self.client: ClientProtocol | None = None
+        self.transport = None
+        self.client = None
         self.closed = False
         self.received = False
+        self._paused = False
 
     def attach(self, client: ClientProtocol) -> None:
         self.client = client
@@ -67,7 +68,17 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def detach(self) -> None:
         self.client = None
-        if not self.closed:
+        self.resume_reading()
+
+    def pause_reading(self) -> None:
+        """Stop reading the backend while the client is behind."""
+        if not self._paused and not self.closed:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._paused and not self.closed:
+            self._paused = False
             self.transport.resume_reading()
 
     def close(self) -> None:
@@ -133,10 +144,10 @@ class UpstreamPool:
         self.host = host
         self.port = port
         self.max_idle = max_idle
-        self.idle: list[UpstreamProtocol] = []
+        self.idle = []
         self._factory = functools.partial(UpstreamProtocol, self)
 
-    def take(self, check: bool = False) -> UpstreamProtocol | None:
+    def take(self, check=False) -> UpstreamProtocol | None:
         """The most recently used idle connection still open, if any.
 
         With ``check``, one poll of the socket first: a connection whose

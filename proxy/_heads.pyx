@@ -1,0 +1,200 @@
+# Message heads, and the rules for carrying their fields across the proxy.
+#
+# Theory of operation
+# ===================
+#
+# Both HTTP engines hand the data path a RequestHead or a ResponseHead:
+# the parsed start line, the fields as (name as sent, value) pairs, and
+# the framing the parser settled on. The compiled engine fills them in C;
+# h11's codec builds them through the constructor. Neither carries raw
+# head bytes: what goes out is re-serialised from these fields, so the
+# backend cannot frame a message differently from how the proxy framed it.
+#
+# Two rules decide which fields cross, whatever engine parsed them:
+#
+# - end_to_end: hop-by-hop fields describe one connection and stop at the
+#   proxy (RFC 9110 7.6.1), as do those a Connection field names, except
+#   the X-Forwarded-* fields the proxy owns. Framing fields
+#   (Content-Length, Transfer-Encoding) stop too: each hop frames for
+#   itself, from the head's parsed framing.
+# - upstream_fields: a request's end-to-end fields, less those the proxy
+#   sets itself, plus Host (from the resolved target, so neither a
+#   Connection field nor an absolute-form target can make the proxy and
+#   the backend disagree about the site) and X-Forwarded-For, -Proto and
+#   -Host. A client's own X-Forwarded-For values are kept, joined, and the
+#   peer's address appended.
+#
+# Both run in one pass over the list in the usual case; a second pass
+# happens only when a Connection field names further fields to drop.
+
+# What a field name is to the forwarding rules.
+cdef enum:
+    F_OTHER = 0
+    F_HOP = 1            # hop-by-hop: never forwarded
+    F_CONNECTION = 2     # hop-by-hop, and names more of them
+    F_FORWARDED_FOR = 3  # X-Forwarded-For: appended to
+    F_SET_BY_PROXY = 4   # Host, X-Forwarded-Proto, X-Forwarded-Host
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+cdef frozenset _PROXY_OWNED = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+)
+cdef bytes _HOST = b"Host"
+cdef bytes _XFF = b"X-Forwarded-For"
+cdef bytes _XFP = b"X-Forwarded-Proto"
+cdef bytes _XFH = b"X-Forwarded-Host"
+cdef bytes _HTTP = b"http"
+cdef bytes _COMMA_SP = b", "
+
+
+cdef class RequestHead:
+    """A parsed request head. ``headers`` are (name as sent, value) pairs."""
+
+    def __init__(self, bytes method, bytes target, bytes version,
+                 list headers, content_length, bint chunked,
+                 bint keep_alive, bint expect_continue):
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+
+    @property
+    def has_body(self):
+        return self.chunked or bool(self.content_length)
+
+    @property
+    def host(self):
+        """The Host field's value, or None without one."""
+        cdef bytes name, value
+        for name, value in self.headers:
+            if ieq(name, len(name), b"host", 4):
+                return value
+        return None
+
+
+cdef class ResponseHead:
+    """A parsed response head (final or 1xx)."""
+
+    def __init__(self, int status, bytes reason, bytes version,
+                 list headers, content_length, bint chunked,
+                 bint keep_alive):
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+
+
+cdef int _role(bytes name) noexcept:
+    cdef const unsigned char *p = name
+    cdef Py_ssize_t n = len(name)
+    if n == 10:
+        if ieq(p, n, b"connection", 10):
+            return F_CONNECTION
+        if ieq(p, n, b"keep-alive", 10):
+            return F_HOP
+    elif n == 2:
+        if ieq(p, n, b"te", 2):
+            return F_HOP
+    elif n == 4:
+        if ieq(p, n, b"host", 4):
+            return F_SET_BY_PROXY
+    elif n == 7:
+        if ieq(p, n, b"trailer", 7) or ieq(p, n, b"upgrade", 7):
+            return F_HOP
+    elif n == 14:
+        if ieq(p, n, b"content-length", 14):
+            return F_HOP
+    elif n == 15:
+        if ieq(p, n, b"x-forwarded-for", 15):
+            return F_FORWARDED_FOR
+    elif n == 16:
+        if ieq(p, n, b"proxy-connection", 16):
+            return F_HOP
+        if ieq(p, n, b"x-forwarded-host", 16):
+            return F_SET_BY_PROXY
+    elif n == 17:
+        if ieq(p, n, b"transfer-encoding", 17):
+            return F_HOP
+        if ieq(p, n, b"x-forwarded-proto", 17):
+            return F_SET_BY_PROXY
+    elif n == 18:
+        if ieq(p, n, b"proxy-authenticate", 18):
+            return F_HOP
+    elif n == 19:
+        if ieq(p, n, b"proxy-authorization", 19):
+            return F_HOP
+    return F_OTHER
+
+
+cdef set _connection_named(list headers):
+    """The lower-cased names every Connection field lists, less ours."""
+    cdef set named = set()
+    cdef bytes name, value, token
+    for name, value in headers:
+        if _role(name) == F_CONNECTION:
+            for token in value.split(b","):
+                named.add(token.strip().lower())
+    return named - _PROXY_OWNED
+
+
+cpdef list end_to_end(list headers):
+    """The fields that cross the proxy: hop-by-hop ones and those the
+    Connection field names are dropped."""
+    cdef list kept = []
+    cdef bint named = False
+    cdef tuple pair
+    cdef int role
+    cdef set dropped
+    for pair in headers:
+        role = _role(<bytes>pair[0])
+        if role == F_HOP:
+            continue
+        if role == F_CONNECTION:
+            named = True
+            continue
+        kept.append(pair)
+    if not named:
+        return kept
+    dropped = _connection_named(headers)
+    return [pair for pair in kept if (<bytes>pair[0]).lower() not in dropped]
+
+
+cpdef list upstream_fields(list headers, object host, bytes peer,
+                           bytes default_host):
+    """A request's fields as sent to the backend.
+
+    ``host`` is the Host the target resolved to (None: the client sent
+    none, and ``default_host`` goes instead); ``peer`` the client's
+    address, appended to X-Forwarded-For.
+    """
+    cdef list fields = []
+    cdef object forwarded_for = None
+    cdef tuple pair
+    cdef int role
+    for pair in end_to_end(headers):
+        role = _role(<bytes>pair[0])
+        if role == F_FORWARDED_FOR:
+            if forwarded_for is None:
+                forwarded_for = pair[1]
+            else:
+                forwarded_for = forwarded_for + _COMMA_SP + pair[1]
+        elif role != F_SET_BY_PROXY:
+            fields.append(pair)
+    if forwarded_for:
+        forwarded_for = forwarded_for + _COMMA_SP + peer
+    else:
+        forwarded_for = peer
+    fields.append((_HOST, host or default_host))
+    fields.append((_XFF, forwarded_for))
+    fields.append((_XFP, _HTTP))
+    if host:
+        fields.append((_XFH, host))
+    return fields
