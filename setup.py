@@ -9,6 +9,7 @@ extensions = [
     Extension("proxy._heads", ["proxy/_heads.pyx"], extra_compile_args=["-O2"]),
     Extension("proxy._http", ["proxy/_http.pyx"], extra_compile_args=["-O2"]),
     # The data path: plain Python, typed by the .pxd beside each file.
+    Extension("proxy.target", ["proxy/target.py"], extra_compile_args=["-O2"]),
     Extension("proxy.upstream", ["proxy/upstream.py"], extra_compile_args=["-O2"]),
     Extension("proxy.client", ["proxy/client.py"], extra_compile_args=["-O2"]),
 ]

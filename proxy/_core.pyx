@@ -108,51 +108,6 @@ cdef extern from "Python.h":
     void decref "Py_DECREF" (PyObject *obj)
 
 
-# The C values behind the public constants; a leading underscore marks the
-# C twin of each Python name.
-cdef enum:
-    _ADMITTED = -2
-    _QUEUED = -1
-
-cdef enum:
-    _SHED_QUEUE_FULL
-    _SHED_QUEUE_TIMEOUT
-    _SHED_CONNECTIONS
-    _SHED_DRAINING
-    _N_SHED_REASONS
-
-cdef enum:
-    _OUTCOME_PROXIED
-    _OUTCOME_SHED
-    _OUTCOME_BAD_REQUEST
-    _OUTCOME_UPSTREAM_ERROR
-    _OUTCOME_UPSTREAM_TIMEOUT
-    _OUTCOME_UPSTREAM_TRUNCATED
-    _OUTCOME_CLIENT_ABORT_QUEUED
-    _OUTCOME_CLIENT_ABORT_INFLIGHT
-    _N_OUTCOMES
-
-cdef enum:
-    _PHASE_CLIENT_HEADER
-    _PHASE_CLIENT_BODY
-    _PHASE_IDLE
-    _PHASE_QUEUE
-    _PHASE_CONNECT
-    _PHASE_RESPONSE
-    _PHASE_READ
-    _PHASE_SHUTDOWN
-    _N_PHASES
-
-cdef enum:
-    _IDLE
-    _WAITING
-    _HOLDING
-
-cdef enum:
-    WHEEL_SIZE = 4096        # buckets; a power of two
-    WHEEL_MASK = WHEEL_SIZE - 1
-    MAX_BOUNDS = 16          # histogram bounds, +Inf not counted
-
 
 ADMITTED = _ADMITTED
 QUEUED = _QUEUED
@@ -225,58 +180,10 @@ cdef double MIN_RESOLUTION = 1e-6
 
 # -- plain C state ---------------------------------------------------------
 
-cdef struct Limits:
-    int64_t max_concurrency
-    int64_t max_queue
-    int64_t max_connections
-    double timeouts[_N_PHASES]      # seconds, by phase; queue_timeout at 3
-
-cdef struct Histogram:
-    int nbounds
-    double bounds[MAX_BOUNDS]
-    uint64_t counts[MAX_BOUNDS + 1]  # per bucket, not cumulative; +Inf last
-    double sum
-
-cdef struct State:
-    Limits limits
-    int64_t inflight
-    int64_t queued
-    int64_t connections
-    bint draining
-    uint64_t admitted
-    uint64_t enqueued
-    uint64_t requests[_N_OUTCOMES]
-    uint64_t shed[_N_SHED_REASONS]
-    Histogram queue_wait
-    Histogram upstream_duration
-
-cdef struct Entry:
-    PyObject *timer                # a strong reference, owned by the wheel
-    uint32_t gen                   # the timer's generation when filed
-
-cdef struct Bucket:
-    Entry *entries
-    Py_ssize_t len
-    Py_ssize_t cap
-
-cdef struct RefBuffer:
-    PyObject **refs                # strong references
-    Py_ssize_t len
-    Py_ssize_t cap
-
-
 # -- timers and waiters ----------------------------------------------------
 
 cdef class Timer:
     """One deadline, armed for one phase at a time; owned by a connection."""
-
-    cdef readonly object owner
-    cdef double _deadline
-    cdef int64_t _tick             # tick of the live wheel entry
-    cdef uint32_t _gen             # generation of the live wheel entry
-    cdef signed char _phase        # last phase armed, -1 before the first
-    cdef uint8_t _armed
-    cdef uint8_t _filed            # a live entry sits in the wheel
 
     def __cinit__(self, owner):
         self.owner = owner
@@ -298,12 +205,6 @@ cdef class Timer:
 @cython.final
 cdef class Waiter(Timer):
     """A request's claim on a token: queued, holding, or idle. Reusable."""
-
-    cdef Waiter _prev              # queue neighbours while waiting
-    cdef Waiter _next
-    cdef double _enqueued_at
-    cdef double _admitted_at
-    cdef uint8_t _state
 
     @property
     def state(self):
@@ -327,17 +228,6 @@ cdef class Waiter(Timer):
 
 cdef class Core:
     """Tokens, the wait queue, connection accounting, deadlines, counters."""
-
-    cdef State _st
-    cdef double _resolution
-    cdef object _clock             # None: the C monotonic clock
-    cdef Waiter _head              # the queue, oldest first
-    cdef Waiter _tail
-    cdef list _expired             # shed queue_timeout, for the next tick()
-    cdef Bucket *_wheel
-    cdef int64_t _next_tick        # the earliest tick not yet swept for good
-    cdef RefBuffer _due            # timers fired by the running sweep
-    cdef RefBuffer _dropped        # stale entries' references to let go
 
     def __cinit__(self, *args, **kwargs):
         self._wheel = <Bucket *>calloc(WHEEL_SIZE, sizeof(Bucket))
@@ -406,7 +296,7 @@ cdef class Core:
 
     # -- clock -------------------------------------------------------------
 
-    def now(self):
+    cpdef double now(self) except? -1.0:
         """The core's clock, in seconds."""
         return self._now()
 
@@ -422,7 +312,7 @@ cdef class Core:
             return <double>ns / 1e9
         return self._clock()
 
-    cdef inline int64_t _tick_of(self, double when) noexcept:
+    cdef int64_t _tick_of(self, double when) noexcept:
         cdef:
             double tick = floor(when / self._resolution)
 
@@ -434,7 +324,7 @@ cdef class Core:
 
     # -- connections -------------------------------------------------------
 
-    def open_connection(self):
+    cpdef bint open_connection(self):
         """Count a new client connection; False (and a shed) past the limit."""
         if self._st.connections >= self._st.limits.max_connections:
             self._count_shed(_SHED_CONNECTIONS)
@@ -442,7 +332,7 @@ cdef class Core:
         self._st.connections += 1
         return True
 
-    def close_connection(self):
+    cpdef close_connection(self):
         """Count a closed client connection."""
         if self._st.connections <= 0:
             raise RuntimeError("close_connection without an open connection")
@@ -450,11 +340,12 @@ cdef class Core:
 
     # -- admission ---------------------------------------------------------
 
-    def acquire(self, Waiter waiter not None):
+    cpdef int acquire(self, Waiter waiter) except? -100:
         """Ask for a token: ADMITTED, QUEUED, or the shed reason."""
         cdef:
             double now
 
+        _check_given(waiter)
         if waiter._state != _IDLE:
             raise RuntimeError(
                 f"acquire needs an idle waiter, got a "
@@ -475,11 +366,12 @@ cdef class Core:
         self._count_shed(_SHED_QUEUE_FULL)
         return _SHED_QUEUE_FULL
 
-    def release(self, Waiter waiter not None, int outcome):
+    cpdef Waiter release(self, Waiter waiter, int outcome):
         """Give the token back; return the waiter it went to, if any."""
         cdef:
             double now
 
+        _check_given(waiter)
         _check_code("outcome", outcome, _N_OUTCOMES)
         if waiter._state != _HOLDING:
             raise RuntimeError(
@@ -494,8 +386,9 @@ cdef class Core:
         _observe(&self._st.upstream_duration, now - waiter._admitted_at)
         return self._grant_next(now)
 
-    def cancel(self, Waiter waiter not None):
+    cpdef cancel(self, Waiter waiter):
         """Take a waiting waiter out of the queue (its client left)."""
+        _check_given(waiter)
         if waiter._state == _HOLDING:
             raise RuntimeError(
                 "cancel of a waiter holding a token; release it with "
@@ -507,7 +400,7 @@ cdef class Core:
             waiter._state = _IDLE
             self._st.requests[_OUTCOME_CLIENT_ABORT_QUEUED] += 1
 
-    def record(self, int outcome):
+    cpdef record(self, int outcome):
         """Count an outcome that held no token, such as bad_request."""
         _check_code("outcome", outcome, _N_OUTCOMES)
         self._st.requests[outcome] += 1
@@ -517,11 +410,11 @@ cdef class Core:
         _check_code("shed reason", reason, _N_SHED_REASONS)
         self._count_shed(reason)
 
-    cdef inline void _count_shed(self, int reason) noexcept:
+    cdef void _count_shed(self, int reason) noexcept:
         self._st.shed[reason] += 1
         self._st.requests[_OUTCOME_SHED] += 1
 
-    cdef inline void _admit(self, Waiter waiter, double now) noexcept:
+    cdef void _admit(self, Waiter waiter, double now) noexcept:
         self._st.inflight += 1
         self._st.admitted += 1
         waiter._state = _HOLDING
@@ -579,7 +472,7 @@ cdef class Core:
 
     # -- deadlines ---------------------------------------------------------
 
-    def arm(self, Timer timer not None, int phase):
+    cpdef arm(self, Timer timer, int phase):
         """Set the timer's deadline to now plus the phase's timeout."""
         cdef:
             double now
@@ -589,7 +482,7 @@ cdef class Core:
         now = self._now()
         self._arm(timer, phase, now + self._st.limits.timeouts[phase])
 
-    def disarm(self, Timer timer not None):
+    cpdef disarm(self, Timer timer):
         """Cancel the timer's deadline."""
         _check_not_waiting(timer)
         timer._armed = 0
@@ -807,7 +700,15 @@ cdef int _check_code(str what, int code, int count) except -1:
     return 0
 
 
+cdef int _check_given(Timer timer) except -1:
+    # The entry points take typed arguments, which may still be None.
+    if timer is None:
+        raise TypeError("a Timer or Waiter is required, not None")
+    return 0
+
+
 cdef int _check_not_waiting(Timer timer) except -1:
+    _check_given(timer)
     if type(timer) is Waiter and (<Waiter>timer)._state == _WAITING:
         raise RuntimeError(
             "the timer of a queued waiter carries its queue deadline; "

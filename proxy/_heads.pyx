@@ -198,3 +198,39 @@ cpdef list upstream_fields(list headers, object host, bytes peer,
     if host:
         fields.append((_XFH, host))
     return fields
+
+
+cdef inline bint _reg_name_byte(unsigned char c) noexcept:
+    # RFC 3986 reg-name: unreserved, sub-delims and the % of pct-encoding.
+    return (48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122
+            or c in b"-._~%!$&'()*+,;=")
+
+
+cdef inline bint _ip_literal_byte(unsigned char c) noexcept:
+    return 48 <= c <= 58 or 65 <= c <= 70 or 97 <= c <= 102 or c == 46
+
+
+cpdef bint valid_host(bytes host):
+    """A host name or [IP literal], then an optional port of up to five
+    digits: what a Host field (or a URL's authority) may carry."""
+    cdef const unsigned char *p = host
+    cdef Py_ssize_t n = len(host)
+    cdef Py_ssize_t i = 0
+    if n and p[0] == 91:  # [
+        i = 1
+        while i < n and _ip_literal_byte(p[i]):
+            i += 1
+        if i == 1 or i == n or p[i] != 93:  # ]
+            return False
+        i += 1
+    else:
+        while i < n and _reg_name_byte(p[i]):
+            i += 1
+    if i == n:
+        return True
+    if p[i] != 58 or n - i - 1 > 5:  # :
+        return False
+    for i in range(i + 1, n):
+        if not 48 <= p[i] <= 57:
+            return False
+    return True

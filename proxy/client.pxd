@@ -2,17 +2,19 @@
 # a request runs as C-level attribute reads and calls, while the source
 # stays plain Python that reads (and, uncompiled, runs) as such.
 
+from proxy._core cimport Core, Timer, Waiter
 from proxy._heads cimport RequestHead, ResponseHead
 from proxy.upstream cimport UpstreamPool, UpstreamProtocol
 
 
 cdef class ClientProtocol:
     cdef readonly object proxy
-    cdef object core
+    cdef Core core
+    cdef UpstreamPool pool
     cdef readonly object transport
     cdef readonly object codec
-    cdef object timer
-    cdef object waiter
+    cdef Timer timer
+    cdef Waiter waiter
     cdef readonly int phase
     cdef bint counted
     cdef bytes peer

@@ -100,6 +100,7 @@ class ClientProtocol:
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self.core = proxy.core
+        self.pool = proxy.pool
         self.transport = None
         self.codec = None
         self.timer = Timer(self)
@@ -316,20 +317,20 @@ class ClientProtocol:
         self.phase = CONNECTING
         # A request that could not be retried takes only a pooled connection
         # seen alive just now: it must never be written into a dead one.
-        up = None if self.retried else self.proxy.pool.take(
+        up = None if self.retried else self.pool.take(
             check=not self._retryable()
         )
         if up is not None:
             self._attach(up, reused=True)
             return
         self.core.arm(self.timer, PHASE_CONNECT)
-        self.connecting = self.proxy.pool.connect(self)
+        self.connecting = self.pool.connect(self)
 
     def upstream_connected(self, up: UpstreamProtocol) -> None:
         """The pool opened the connection this request asked for."""
         self.connecting = None
         if self.phase != CONNECTING:
-            self.proxy.pool.put(up)
+            self.pool.put(up)
             return
         self._attach(up, reused=False)
         self._pump()
@@ -413,7 +414,7 @@ class ClientProtocol:
         self._resume(_PAUSE_UPLOAD)
         if up.codec.reusable:
             up.codec.next_cycle()
-            self.proxy.pool.put(up)
+            self.pool.put(up)
         else:
             up.close()
         self._release(OUTCOME_PROXIED)

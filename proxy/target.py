@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import re
 
+from proxy._heads import valid_host
 from proxy.errors import BadRequest
 
-_HOST = re.compile(
-    rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]{0,5})?"
-)
 _ABSOLUTE = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://([^/?#]*)([^#]*)")
 
 
@@ -45,6 +43,6 @@ def resolve(method: bytes, target: bytes,
         forwarded = absolute.group(2) or b"/"
         if forwarded[:1] != b"/":
             forwarded = b"/" + forwarded
-    if host is not None and not _HOST.fullmatch(host):
+    if host is not None and not valid_host(host):
         raise BadRequest("the Host header is not a host name")
     return forwarded, host
