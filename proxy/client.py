@@ -198,6 +198,11 @@ class ClientProtocol:
         if self.phase == FORWARDING:
             self._arm_exchange()
 
+    def close_if_idle(self) -> None:
+        """Close the connection if it waits between requests (a drain)."""
+        if self.phase == HEAD and not self.codec.buffered:
+            self._close()
+
     # -- reading requests ---------------------------------------------------
 
     def _pump(self) -> None:

@@ -15,7 +15,7 @@ import signal
 import time
 
 from proxy import _core
-from proxy.client import HEAD, ClientProtocol
+from proxy.client import ClientProtocol
 from proxy.codec import make_engine
 from proxy.config import FIELDS, LIVE_KEYS, Settings, live_fields, load
 from proxy.errors import ConfigError, ListenError
@@ -223,8 +223,7 @@ class Proxy:
             if self.server is not None:
                 self.server.close()
             for client in list(self.clients):
-                if client.phase == HEAD and not client.codec.buffered:
-                    client._close()
+                client.close_if_idle()
         deadline = time.monotonic() + timeout
         while self.core.inflight or self.core.queued:
             if time.monotonic() >= deadline:

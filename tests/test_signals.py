@@ -344,6 +344,37 @@ def test_stop_signal_under_load_finishes_admitted_requests_and_exits_0(
     assert "cutting" not in maitred.log
 
 
+def test_stop_signal_closes_idle_keep_alive_connections_at_once(
+    start_maitred,
+):
+    maitred = start_maitred()
+    idle = socket.create_connection(("127.0.0.1", maitred.port), timeout=5)
+    held = []
+    try:
+        idle.sendall(GET_OK)
+        reader = Reader(idle)
+        first = reader.response()
+        held = send_held(maitred.port, GET_800MS, 1)
+        assert eventually(
+            lambda: maitred.admin_json(GET_STATUS)["inflight"] == 1
+        )
+
+        maitred.signal(signal.SIGTERM)
+
+        # Closed while the held request is still being served.
+        closed = reader.closed(timeout=0.5)
+        answers = read_all(held)
+    finally:
+        idle.close()
+        close_all(held)
+    code = maitred.process.wait(SHUTDOWN_SECONDS + 5)
+    assert first.status == 200
+    assert closed
+    assert answers == [(200, b"ok\n")]
+    assert code == 0, maitred.log
+    assert "Traceback" not in maitred.log
+
+
 def test_drain_past_the_shutdown_timeout_cuts_in_flight_work_and_exits_0(
     start_maitred,
 ):
