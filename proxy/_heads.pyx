@@ -34,6 +34,12 @@ cdef enum:
     F_CONNECTION = 2     # hop-by-hop, and names more of them
     F_FORWARDED_FOR = 3  # X-Forwarded-For: appended to
     F_SET_BY_PROXY = 4   # Host, X-Forwarded-Proto, X-Forwarded-Host
+    F_CLOSE = 5          # a field named Close: dropped if Connection names it
+
+# What a Connection field names (the usual ones need no second pass).
+cdef enum:
+    NAMES_CLOSE = 1
+    NAMES_OTHER = 2
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
@@ -106,6 +112,9 @@ cdef int _role(bytes name) noexcept:
     elif n == 4:
         if ieq(p, n, b"host", 4):
             return F_SET_BY_PROXY
+    elif n == 5:
+        if ieq(p, n, b"close", 5):
+            return F_CLOSE
     elif n == 7:
         if ieq(p, n, b"trailer", 7) or ieq(p, n, b"upgrade", 7):
             return F_HOP
@@ -134,6 +143,30 @@ cdef int _role(bytes name) noexcept:
     return F_OTHER
 
 
+cdef int _names_fields(bytes value) noexcept:
+    """What a Connection value names beyond the hop-by-hop Keep-Alive:
+    NAMES_CLOSE for the close option, NAMES_OTHER for anything else."""
+    cdef const unsigned char *p = value
+    cdef Py_ssize_t n = len(value)
+    cdef Py_ssize_t a = 0, b, e
+    cdef int names = 0
+    while a < n:
+        b = a
+        while b < n and p[b] != 44:  # ,
+            b += 1
+        e = b
+        while a < e and (p[a] == 32 or p[a] == 9):
+            a += 1
+        while e > a and (p[e - 1] == 32 or p[e - 1] == 9):
+            e -= 1
+        if ieq(p + a, e - a, b"close", 5):
+            names |= NAMES_CLOSE
+        elif e > a and not ieq(p + a, e - a, b"keep-alive", 10):
+            names |= NAMES_OTHER
+        a = b + 1
+    return names
+
+
 cdef set _connection_named(list headers):
     """The lower-cased names every Connection field lists, less ours."""
     cdef set named = set()
@@ -149,7 +182,8 @@ cpdef list end_to_end(list headers):
     """The fields that cross the proxy: hop-by-hop ones and those the
     Connection field names are dropped."""
     cdef list kept = []
-    cdef bint named = False
+    cdef int names = 0
+    cdef bint close_field = False
     cdef tuple pair
     cdef int role
     cdef set dropped
@@ -158,10 +192,11 @@ cpdef list end_to_end(list headers):
         if role == F_HOP:
             continue
         if role == F_CONNECTION:
-            named = True
+            names |= _names_fields(<bytes>pair[1])
             continue
+        close_field = close_field or role == F_CLOSE
         kept.append(pair)
-    if not named:
+    if not (names & NAMES_OTHER or names & NAMES_CLOSE and close_field):
         return kept
     dropped = _connection_named(headers)
     return [pair for pair in kept if (<bytes>pair[0]).lower() not in dropped]

@@ -7,6 +7,12 @@ from proxy._heads cimport RequestHead, ResponseHead
 from proxy.upstream cimport UpstreamPool, UpstreamProtocol
 
 
+# The connection's phases and read-pause reasons, as C integers.
+cdef int HEAD, QUEUED_PHASE, CONNECTING, FORWARDING, CLOSED
+cdef int _PAUSE_BUFFER, _PAUSE_UPLOAD
+cdef Py_ssize_t _MAX_BUFFERED
+
+
 cdef class ClientProtocol:
     cdef readonly object proxy
     cdef Core core

@@ -52,6 +52,55 @@ def test_end_to_end_drops_hop_by_hop_and_connection_named_fields():
     ]
 
 
+# The reference model of end_to_end: RFC 9110 7.6.1 read plainly.
+HOP_BY_HOP = {
+    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
+    b"proxy-authorization", b"te", b"trailer", b"transfer-encoding",
+    b"upgrade", b"content-length",
+}
+PROXY_OWNED = {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+
+
+def reference_end_to_end(headers):
+    named = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            named |= {token.strip(b" \t").lower()
+                      for token in value.split(b",")}
+    dropped = HOP_BY_HOP | (named - PROXY_OWNED)
+    return [(n, v) for n, v in headers if n.lower() not in dropped]
+
+
+NAMES = st.sampled_from([
+    b"Connection", b"connection", b"Keep-Alive", b"Close", b"close", b"TE",
+    b"X-Forwarded-For", b"Host", b"Accept", b"X-A", b"Content-Length",
+    b"Upgrade", b"Proxy-Connection",
+])
+TOKENS = st.sampled_from([
+    b"close", b"Close", b"keep-alive", b"KEEP-ALIVE", b"x-a", b"accept",
+    b"x-forwarded-for", b"host", b"", b" upgrade ",
+])
+FIELD = st.tuples(
+    NAMES,
+    st.one_of(st.lists(TOKENS, max_size=3).map(b",".join),
+              st.just(b"value")),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(FIELD, max_size=6))
+def test_end_to_end_agrees_with_the_reference_model(headers):
+    assert end_to_end(headers) == reference_end_to_end(headers)
+
+
+def test_a_close_option_drops_a_field_named_close_only_when_listed():
+    close_field = (b"Close", b"x")
+    assert end_to_end([(b"Connection", b"close"), close_field]) == []
+    assert end_to_end([(b"Connection", b"keep-alive"), close_field]) == [
+        close_field
+    ]
+
+
 def test_upstream_fields_set_host_and_forwarded_fields_once():
     headers = [
         (b"host", b"site"),
