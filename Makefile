@@ -11,13 +11,16 @@ test:
 
 lint:
 	ruff check proxy tests bench
-	cython-lint proxy/*.pyx
+	cython-lint proxy/*.pyx proxy/*.pxd
 
 annotate:
 	mkdir -p build
-	cython -a -3 proxy/_core.pyx -o build/_core.c
-	cython -a -3 proxy/_http.pyx -o build/_http.c
-	@echo "see build/_core.html and build/_http.html"
+	for m in _core _heads _http; do \
+		cython -a -3 -I . proxy/$$m.pyx -o build/$$m.c || exit 1; done
+	for m in client upstream target; do \
+		cython -a -3 -I . -X annotation_typing=False \
+			proxy/$$m.py -o build/$$m.c || exit 1; done
+	@echo "see build/*.html"
 
 bench:
 	$(PY) -m bench overhead --quick

@@ -97,7 +97,7 @@
 cimport cython
 from cpython.object cimport PyObject, PyTypeObject
 from libc.math cimport floor, isfinite
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free, realloc
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
@@ -108,6 +108,8 @@ cdef extern from "Python.h":
     void decref "Py_DECREF" (PyObject *obj)
 
 
+# The C constants, the structs and the classes' fields are declared in
+# _core.pxd, so the compiled data path can call the core in C.
 
 ADMITTED = _ADMITTED
 QUEUED = _QUEUED

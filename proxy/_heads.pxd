@@ -1,25 +1,58 @@
 # Declarations the compiled engine (_http.pyx) and the data path share:
-# the head types, so a parser fills them in C, and the case-blind compare.
+# the head types, so a parser fills them in C; the field spans a parsed
+# head keeps; the forwarding roles of field names; the case-blind compare.
 
-cdef class RequestHead:
-    cdef public bytes method
-    cdef public bytes target
+# One field of a parsed head, as offsets into the head's raw field bytes.
+# A value_start of -1 stands for the value b"chunked" (the normalised
+# Transfer-Encoding, whatever case it came in).
+cdef struct Span:
+    Py_ssize_t name_start
+    Py_ssize_t name_end
+    Py_ssize_t value_start
+    Py_ssize_t value_end
+
+
+cdef class Head:
     cdef public bytes version
-    cdef public list headers
     cdef public object content_length  # int, or None when not declared
     cdef public bint chunked
     cdef public bint keep_alive
+    cdef bytes _raw        # the field lines as received, or None
+    cdef bytes _spans      # a Span per field, packed; None without _raw
+    cdef list _headers     # (name, value) pairs, built on first use
+
+    cdef void set_raw(self, bytes raw, bytes spans) noexcept
+    cdef bint has_raw(self) noexcept
+
+
+cdef class RequestHead(Head):
+    cdef public bytes method
+    cdef public bytes target
     cdef public bint expect_continue
 
 
-cdef class ResponseHead:
+cdef class ResponseHead(Head):
     cdef public int status
     cdef public bytes reason
-    cdef public bytes version
-    cdef public list headers
-    cdef public object content_length
-    cdef public bint chunked
-    cdef public bint keep_alive
+
+
+# What a field name is to the forwarding rules.
+cdef enum:
+    F_OTHER = 0
+    F_HOP = 1            # hop-by-hop: never forwarded
+    F_CONNECTION = 2     # hop-by-hop, and names more of them
+    F_FORWARDED_FOR = 3  # X-Forwarded-For: appended to
+    F_SET_BY_PROXY = 4   # X-Forwarded-Proto, X-Forwarded-Host
+    F_HOST = 5           # Host: set by the proxy too, and written first
+    F_CLOSE = 6          # a field named Close: dropped if Connection lists it
+
+# What the Connection fields name beyond the hop-by-hop Keep-Alive.
+cdef enum:
+    NAMES_CLOSE = 1      # the close option
+    NAMES_OTHER = 2      # anything else: a second pass drops those fields
+
+cdef int field_role(const unsigned char *p, Py_ssize_t n) noexcept
+cdef int connection_names(const unsigned char *p, Py_ssize_t n) noexcept
 
 
 cdef inline bint ieq(const unsigned char *p, Py_ssize_t n,

@@ -25,21 +25,16 @@
 #   peer's address appended.
 #
 # Both run in one pass over the list in the usual case; a second pass
-# happens only when a Connection field names further fields to drop.
-
-# What a field name is to the forwarding rules.
-cdef enum:
-    F_OTHER = 0
-    F_HOP = 1            # hop-by-hop: never forwarded
-    F_CONNECTION = 2     # hop-by-hop, and names more of them
-    F_FORWARDED_FOR = 3  # X-Forwarded-For: appended to
-    F_SET_BY_PROXY = 4   # Host, X-Forwarded-Proto, X-Forwarded-Host
-    F_CLOSE = 5          # a field named Close: dropped if Connection names it
-
-# What a Connection field names (the usual ones need no second pass).
-cdef enum:
-    NAMES_CLOSE = 1
-    NAMES_OTHER = 2
+# happens only when a Connection field names further fields to drop (the
+# usual "keep-alive" and "close" name none).
+#
+# Spans: a head from the compiled parser keeps its field lines as they
+# arrived (one bytes object) and, per field, a Span of offsets into them,
+# and builds the (name, value) list only if asked for `headers`. The
+# compiled codecs' forward_request and forward_response apply the two
+# rules above straight to the spans (field_role, connection_names), so a
+# forwarded head costs two allocations whatever its number of fields;
+# they fall back to the list for the rare head that needs the second pass.
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
@@ -52,10 +47,61 @@ cdef bytes _XFP = b"X-Forwarded-Proto"
 cdef bytes _XFH = b"X-Forwarded-Host"
 cdef bytes _HTTP = b"http"
 cdef bytes _COMMA_SP = b", "
+cdef bytes _CHUNKED = b"chunked"
 
 
-cdef class RequestHead:
-    """A parsed request head. ``headers`` are (name as sent, value) pairs."""
+cdef class Head:
+    """What request and response heads share: the version, the framing
+    the parser settled on, and the fields.
+
+    A head from the compiled parser keeps its field lines as received
+    (one bytes object) and a Span per field; the (name, value) list is
+    built only if something asks for ``headers``, so forwarding a head
+    need not make a Python object per field.
+    """
+
+    @property
+    def headers(self):
+        """The fields as (name as sent, value) pairs."""
+        if self._headers is None:
+            self._headers = (
+                [] if self._raw is None else _field_list(self._raw, self._spans)
+            )
+        return self._headers
+
+    @headers.setter
+    def headers(self, list value not None):
+        self._headers = value
+        self._raw = None
+        self._spans = None
+
+    cdef void set_raw(self, bytes raw, bytes spans) noexcept:
+        self._raw = raw
+        self._spans = spans
+        self._headers = None
+
+    cdef bint has_raw(self) noexcept:
+        # The spans describe the fields only until someone else's list
+        # replaces them; a list read through ``headers`` may be changed.
+        return self._raw is not None and self._headers is None
+
+
+cdef list _field_list(bytes raw, bytes spans):
+    cdef const Span *span = <const Span *><const char *>spans
+    cdef Py_ssize_t count = len(spans) // sizeof(Span)
+    cdef Py_ssize_t i
+    cdef list fields = []
+    for i in range(count):
+        fields.append((
+            raw[span[i].name_start:span[i].name_end],
+            _CHUNKED if span[i].value_start < 0
+            else raw[span[i].value_start:span[i].value_end],
+        ))
+    return fields
+
+
+cdef class RequestHead(Head):
+    """A parsed request head."""
 
     def __init__(self, bytes method, bytes target, bytes version,
                  list headers, content_length, bint chunked,
@@ -76,14 +122,25 @@ cdef class RequestHead:
     @property
     def host(self):
         """The Host field's value, or None without one."""
+        cdef const unsigned char *p
+        cdef const Span *span
+        cdef Py_ssize_t i
         cdef bytes name, value
+        if self.has_raw():
+            p = self._raw
+            span = <const Span *><const char *>self._spans
+            for i in range(len(self._spans) // sizeof(Span)):
+                if ieq(p + span[i].name_start,
+                       span[i].name_end - span[i].name_start, b"host", 4):
+                    return self._raw[span[i].value_start:span[i].value_end]
+            return None
         for name, value in self.headers:
             if ieq(name, len(name), b"host", 4):
                 return value
         return None
 
 
-cdef class ResponseHead:
+cdef class ResponseHead(Head):
     """A parsed response head (final or 1xx)."""
 
     def __init__(self, int status, bytes reason, bytes version,
@@ -98,9 +155,8 @@ cdef class ResponseHead:
         self.keep_alive = keep_alive
 
 
-cdef int _role(bytes name) noexcept:
-    cdef const unsigned char *p = name
-    cdef Py_ssize_t n = len(name)
+cdef int field_role(const unsigned char *p, Py_ssize_t n) noexcept:
+    """The forwarding role of the field name p[:n]."""
     if n == 10:
         if ieq(p, n, b"connection", 10):
             return F_CONNECTION
@@ -111,7 +167,7 @@ cdef int _role(bytes name) noexcept:
             return F_HOP
     elif n == 4:
         if ieq(p, n, b"host", 4):
-            return F_SET_BY_PROXY
+            return F_HOST
     elif n == 5:
         if ieq(p, n, b"close", 5):
             return F_CLOSE
@@ -143,11 +199,10 @@ cdef int _role(bytes name) noexcept:
     return F_OTHER
 
 
-cdef int _names_fields(bytes value) noexcept:
-    """What a Connection value names beyond the hop-by-hop Keep-Alive:
-    NAMES_CLOSE for the close option, NAMES_OTHER for anything else."""
-    cdef const unsigned char *p = value
-    cdef Py_ssize_t n = len(value)
+cdef int connection_names(const unsigned char *p, Py_ssize_t n) noexcept:
+    """What the Connection value p[:n] names beyond the hop-by-hop
+    Keep-Alive: NAMES_CLOSE for the close option, NAMES_OTHER for any
+    other name."""
     cdef Py_ssize_t a = 0, b, e
     cdef int names = 0
     while a < n:
@@ -172,7 +227,7 @@ cdef set _connection_named(list headers):
     cdef set named = set()
     cdef bytes name, value, token
     for name, value in headers:
-        if _role(name) == F_CONNECTION:
+        if field_role(name, len(name)) == F_CONNECTION:
             for token in value.split(b","):
                 named.add(token.strip().lower())
     return named - _PROXY_OWNED
@@ -188,11 +243,11 @@ cpdef list end_to_end(list headers):
     cdef int role
     cdef set dropped
     for pair in headers:
-        role = _role(<bytes>pair[0])
+        role = field_role(<bytes>pair[0], len(<bytes>pair[0]))
         if role == F_HOP:
             continue
         if role == F_CONNECTION:
-            names |= _names_fields(<bytes>pair[1])
+            names |= connection_names(<bytes>pair[1], len(<bytes>pair[1]))
             continue
         close_field = close_field or role == F_CLOSE
         kept.append(pair)
@@ -215,13 +270,13 @@ cpdef list upstream_fields(list headers, object host, bytes peer,
     cdef tuple pair
     cdef int role
     for pair in end_to_end(headers):
-        role = _role(<bytes>pair[0])
+        role = field_role(<bytes>pair[0], len(<bytes>pair[0]))
         if role == F_FORWARDED_FOR:
             if forwarded_for is None:
                 forwarded_for = pair[1]
             else:
                 forwarded_for = forwarded_for + _COMMA_SP + pair[1]
-        elif role != F_SET_BY_PROXY:
+        elif role != F_SET_BY_PROXY and role != F_HOST:
             fields.append(pair)
     if forwarded_for:
         forwarded_for = forwarded_for + _COMMA_SP + peer

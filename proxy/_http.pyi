@@ -5,7 +5,8 @@ byte for byte as its h11 engine does, except where docs/http-engines.md
 lists a difference. See the theory of operation at the top of _http.pyx.
 """
 
-from proxy.codec import Headers, RequestHead, ResponseHead
+from proxy._heads import RequestHead, ResponseHead
+from proxy.codec import Headers
 
 class ClientCodec:
     """The client side of a connection (we are the server)."""
@@ -28,6 +29,11 @@ class ClientCodec:
         """Serialise a response head for the client, framing chosen here:
         Content-Length when known, else chunked (HTTP/1.1 client) or
         close-delimited (HTTP/1.0 client); none for HEAD, 204 and 304."""
+    def forward_response(self, head: ResponseHead, close: bool) -> bytes:
+        """The backend's response head as sent to the client: its
+        end-to-end fields, ``Connection: close`` when ``close``; written
+        from the head's spans, byte for byte what response_head would
+        write."""
     def body(self, data: bytes) -> bytes:
         """Frame one piece of the response body."""
     def end(self) -> bytes:
@@ -53,6 +59,17 @@ class UpstreamCodec:
         chunked: bool,
     ) -> bytes:
         """Serialise a request head for the backend, Host first."""
+    def forward_request(
+        self,
+        head: RequestHead,
+        target: bytes,
+        host: bytes | None,
+        peer: bytes,
+        default_host: bytes,
+    ) -> bytes:
+        """The client's request head as sent to the backend: the fields of
+        ``upstream_fields``, the client's framing; written from the
+        head's spans, byte for byte what request_head would write."""
     def body(self, data: bytes) -> bytes:
         """Frame one piece of the request body."""
     def end(self) -> bytes:

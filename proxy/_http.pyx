@@ -76,6 +76,10 @@
 # an HTTP/1.0 one; HEAD, 204 and 304 responses never carry a body. Host
 # fields go first, as h11 writes them. Each head is one bytes object,
 # written by one memcpy per piece into a buffer sized beforehand.
+# forward_request and forward_response write a parsed head from its spans
+# (see _heads.pyx) the way request_head and response_head would write it
+# from end_to_end's list, byte for byte (a property test holds them to it),
+# without making a Python object per field.
 #
 # Errors: the parser raises proxy.errors.HttpError subclasses on the client
 # side and UpstreamError on the upstream side, from one method per codec
@@ -93,9 +97,28 @@ from cpython.bytes cimport (
     PyBytes_GET_SIZE,
 )
 from libc.stdint cimport int64_t
+from libc.stdlib cimport realloc
 from libc.string cimport memchr, memcmp, memcpy, memset
 
-from proxy._heads cimport RequestHead, ResponseHead, ieq
+from proxy._heads cimport (
+    F_CLOSE,
+    F_CONNECTION,
+    F_FORWARDED_FOR,
+    F_HOP,
+    F_HOST,
+    F_OTHER,
+    NAMES_CLOSE,
+    NAMES_OTHER,
+    Head,
+    RequestHead,
+    ResponseHead,
+    Span,
+    connection_names,
+    end_to_end,
+    field_role,
+    ieq,
+    upstream_fields,
+)
 from proxy.codec import END, NEED_DATA, PAUSED
 from proxy.errors import (
     BadRequest,
@@ -641,17 +664,13 @@ cdef struct Fields:
     bint expect_continue
 
 
-cdef int _framing_field(const unsigned char *p, Py_ssize_t name,
-                        Py_ssize_t name_end, Py_ssize_t value,
-                        Py_ssize_t value_end, int kind, list headers,
-                        Fields *f) except -1:
+cdef bint _framing_field(const unsigned char *p, Py_ssize_t value,
+                         Py_ssize_t value_end, int kind, Fields *f,
+                         Span *kept) noexcept:
     """Read one field that decides framing or keep-alive into `f`, as
     h11's normalisation does: Content-Length copies that agree collapse
-    into the first, Transfer-Encoding must be "chunked", once."""
-    cdef bytes raw_name = PyBytes_FromStringAndSize(
-        <const char *>p + name, name_end - name
-    )
-    cdef object kept = None
+    into the first, Transfer-Encoding must be "chunked", once. True if the
+    field stays in the head, with the value it keeps set in `kept`."""
     cdef Py_ssize_t s, e
     cdef int64_t length
     cdef int result
@@ -673,7 +692,9 @@ cdef int _framing_field(const unsigned char *p, Py_ssize_t name,
             f.value = length
             f.length_text = p + s
             f.length_size = e - s
-            kept = PyBytes_FromStringAndSize(<const char *>p + s, e - s)
+            kept.value_start = s
+            kept.value_end = e
+            return True
     elif kind == K_TRANSFER_ENCODING:
         if f.chunked:
             f.status, f.fault = 501, b"multiple Transfer-Encoding fields"
@@ -682,11 +703,11 @@ cdef int _framing_field(const unsigned char *p, Py_ssize_t name,
             f.fault = b"only Transfer-Encoding: chunked is supported"
         else:
             f.chunked = True
-            kept = _CHUNKED
+            kept.value_start = -1
+            return True
     else:
-        kept = PyBytes_FromStringAndSize(
-            <const char *>p + value, value_end - value
-        )
+        kept.value_start = value
+        kept.value_end = value_end
         if kind == K_HOST:
             f.hosts += 1
         elif kind == K_EXPECT:
@@ -700,9 +721,151 @@ cdef int _framing_field(const unsigned char *p, Py_ssize_t name,
                 f.close_text = f.close_text or tokens.close_text
             else:
                 f.upgrade = f.upgrade or tokens.any
-    if kept is not None and headers is not None:
-        headers.append((raw_name, kept))
+        return True
+    return False
+
+
+# -- forwarding a parsed head from its spans -----------------------------------
+
+
+cdef struct Walk:
+    Py_ssize_t kept_size  # bytes of the field lines that cross
+    Py_ssize_t xff_size   # the X-Forwarded-For values, less separators
+    Py_ssize_t xff_count  # X-Forwarded-For fields
+    int names             # what Connection fields name (NAMES_*)
+    bint close_field      # a field named Close
+    bint host_field       # a Host field
+
+
+cdef inline bint _crosses(int role, bint request) noexcept:
+    # end_to_end keeps all but the hop-by-hop fields; upstream_fields then
+    # drops from a request those the proxy sets itself.
+    if role == F_HOP or role == F_CONNECTION:
+        return False
+    if request:
+        return role == F_OTHER or role == F_CLOSE
+    return True
+
+
+cdef void _walk(Head head, bint request, Walk *w) noexcept:
+    """What forwarding `head` from its spans takes (the first pass)."""
+    cdef const unsigned char *p = head._raw
+    cdef const Span *span = <const Span *><const char *>head._spans
+    cdef Py_ssize_t i, n, v
+    cdef int role
+    memset(w, 0, sizeof(Walk))
+    for i in range(len(head._spans) // sizeof(Span)):
+        n = span[i].name_end - span[i].name_start
+        v = span[i].value_end - span[i].value_start
+        role = field_role(p + span[i].name_start, n)
+        if role == F_CONNECTION:
+            w.names |= connection_names(p + span[i].value_start, v)
+        elif role == F_CLOSE:
+            w.close_field = True
+        elif role == F_HOST:
+            w.host_field = True
+        elif role == F_FORWARDED_FOR:
+            w.xff_size += v
+            w.xff_count += 1
+        if _crosses(role, request):
+            w.kept_size += n + v + 4
+
+
+cdef inline bint _needs_list(Walk *w) noexcept:
+    # Connection naming more fields, or a field named Close that the close
+    # option names: the rare heads end_to_end needs its second pass for.
+    return bool(w.names & NAMES_OTHER or w.names & NAMES_CLOSE and w.close_field)
+
+
+cdef inline char *_put_line(char *w, const char *name, Py_ssize_t n,
+                            const char *value, Py_ssize_t m) noexcept:
+    memcpy(w, name, n)
+    w[n] = COLON
+    w[n + 1] = SP
+    memcpy(w + n + 2, value, m)
+    w[n + 2 + m] = CR
+    w[n + 3 + m] = LF
+    return w + n + m + 4
+
+
+cdef char *_put_kept(char *w, Head head, bint request) noexcept:
+    """Write the field lines that cross (the second pass)."""
+    cdef const char *p = head._raw
+    cdef const Span *span = <const Span *><const char *>head._spans
+    cdef Py_ssize_t i
+    for i in range(len(head._spans) // sizeof(Span)):
+        if _crosses(field_role(<const unsigned char *>p + span[i].name_start,
+                               span[i].name_end - span[i].name_start),
+                    request):
+            w = _put_line(
+                w, p + span[i].name_start,
+                span[i].name_end - span[i].name_start,
+                p + span[i].value_start,
+                span[i].value_end - span[i].value_start,
+            )
+    return w
+
+
+cdef char *_put_xff(char *w, Head head, bytes peer) noexcept:
+    """The X-Forwarded-For values, joined by ", ", then the peer's."""
+    cdef const char *p = head._raw
+    cdef const Span *span = <const Span *><const char *>head._spans
+    cdef char *start = w
+    cdef Py_ssize_t i, v
+    cdef bint first = True
+    for i in range(len(head._spans) // sizeof(Span)):
+        if field_role(<const unsigned char *>p + span[i].name_start,
+                      span[i].name_end - span[i].name_start) != F_FORWARDED_FOR:
+            continue
+        if not first:
+            w[0] = COMMA
+            w[1] = SP
+            w += 2
+        first = False
+        v = span[i].value_end - span[i].value_start
+        memcpy(w, p + span[i].value_start, v)
+        w += v
+    if w != start:
+        w[0] = COMMA
+        w[1] = SP
+        w += 2
+    return _put(w, peer)
+
+
+# The fields of the head being parsed, as spans; one buffer for every
+# codec, since a head is parsed start to end without yielding.
+cdef Span *_scratch = NULL
+cdef Py_ssize_t _scratch_len = 0
+cdef Py_ssize_t _scratch_cap = 0
+
+
+cdef int _keep_span(const Span *span, Py_ssize_t base) except -1:
+    global _scratch, _scratch_len, _scratch_cap
+    cdef Span *grown
+    cdef Span *kept
+    if _scratch_len == _scratch_cap:
+        grown = <Span *>realloc(_scratch, (2 * _scratch_cap + 16) * sizeof(Span))
+        if grown == NULL:
+            raise MemoryError()
+        _scratch = grown
+        _scratch_cap = 2 * _scratch_cap + 16
+    kept = &_scratch[_scratch_len]
+    kept.name_start = span.name_start - base
+    kept.name_end = span.name_end - base
+    kept.value_start = span.value_start - base if span.value_start >= 0 else -1
+    kept.value_end = span.value_end - base
+    _scratch_len += 1
     return 0
+
+
+cdef void _keep_fields(Head head, const unsigned char *p, Py_ssize_t start,
+                       Py_ssize_t last) noexcept:
+    """Give `head` its field lines and the spans the parse kept."""
+    head.set_raw(
+        PyBytes_FromStringAndSize(<const char *>p + start, last + 1 - start),
+        PyBytes_FromStringAndSize(<const char *>_scratch,
+                                  _scratch_len * sizeof(Span)),
+    )
 
 
 cdef class _Peer:
@@ -888,17 +1051,21 @@ cdef class _Peer:
     # -- fields ------------------------------------------------------------------
 
     cdef int _parse_fields(self, const unsigned char *p, Py_ssize_t start,
-                           Py_ssize_t last, list headers,
+                           Py_ssize_t last, bint keep,
                            Fields *f) except -1:
         """Check the field lines from `start` to the LF at `last`.
 
         Syntax faults raise at once; the first framing fault is kept in
-        `f` (the reference checks syntax of all lines first). Appends
-        (name, value) to `headers` unless it is None.
+        `f` (the reference checks syntax of all lines first). With `keep`,
+        the fields a head keeps go to the span scratch, relative to
+        `start`.
         """
         cdef Py_ssize_t ls = start
         cdef Py_ssize_t le, e, i, j, ne, ve
         cdef int kind
+        cdef Span span
+        global _scratch_len
+        _scratch_len = 0
         while ls <= last:
             le = (<const unsigned char *>memchr(p + ls, LF, last + 1 - ls)) - p
             e = le - 1 if le > ls and p[le - 1] == CR else le
@@ -915,14 +1082,14 @@ cdef class _Peer:
                         400, f"illegal header value {_show(p + i, ve - i)}"
                     )
             kind = _kind(p + ls, ne - ls)
-            if kind == K_OTHER:
-                if headers is not None:
-                    headers.append((
-                        PyBytes_FromStringAndSize(<const char *>p + ls, ne - ls),
-                        PyBytes_FromStringAndSize(<const char *>p + i, ve - i),
-                    ))
-            elif not f.status:
-                _framing_field(p, ls, ne, i, ve, kind, headers, f)
+            span.value_start = i
+            span.value_end = ve
+            if kind == K_OTHER or (
+                    not f.status and _framing_field(p, i, ve, kind, f, &span)):
+                if keep:
+                    span.name_start = ls
+                    span.name_end = ne
+                    _keep_span(&span, start)
             ls = le + 1
         return 0
 
@@ -1082,7 +1249,7 @@ cdef class _Peer:
         if n > self._limit:
             self._fail(431, f"trailer section over {self._limit} bytes")
         memset(&f, 0, sizeof(f))
-        self._parse_fields(self._ptr(), self._pos, self._last, None, &f)
+        self._parse_fields(self._ptr(), self._pos, self._last, False, &f)
         if f.status:
             self._fail(f.status, f.fault.decode("ascii"))
         self._consume(n)
@@ -1227,7 +1394,6 @@ cdef class ClientCodec(_Peer):
         cdef Py_ssize_t le, e, i, m, t, te
         cdef int major, minor
         cdef Fields f
-        cdef list headers = []
         cdef RequestHead head
         cdef object length
         le = (<const unsigned char *>memchr(p + a, LF, self._last + 1 - a)) - p
@@ -1253,7 +1419,7 @@ cdef class ClientCodec(_Peer):
         major = p[i + 5] - 48
         minor = p[i + 7] - 48
         memset(&f, 0, sizeof(f))
-        self._parse_fields(p, le + 1, self._last, headers, &f)
+        self._parse_fields(p, le + 1, self._last, True, &f)
         if f.status:
             self._fail(f.status, f.fault.decode("ascii"))
         if major == 1 and minor == 1 and f.hosts == 0:
@@ -1282,7 +1448,7 @@ cdef class ClientCodec(_Peer):
         head.method = _method_bytes(p + a, m - a)
         head.target = PyBytes_FromStringAndSize(<const char *>p + t, te - t)
         head.version = _version_bytes(major, minor)
-        head.headers = headers
+        _keep_fields(head, p, le + 1, self._last)
         head.content_length = length
         head.chunked = f.chunked
         head.keep_alive = self._version != 10 and not f.close_text
@@ -1322,6 +1488,88 @@ cdef class ClientCodec(_Peer):
         if length is not None and not head.chunked:
             extra = (b"Content-Length", _decimal(length))
         return self._final(status, head.reason, headers, extra)
+
+    def forward_response(self, ResponseHead head not None, bint close):
+        """The backend's response head as sent to the client: its
+        end-to-end fields, framing chosen here, and `Connection: close`
+        when `close` (or the framing) says so. Written straight from the
+        head's spans, or through response_head for an interim response and
+        the rare head that needs end_to_end's second pass."""
+        cdef Walk walk
+        cdef int64_t status = head.status
+        cdef bytes reason = head.reason
+        cdef bytes length = None
+        cdef bint no_body, chunked = False, need_close = False
+        cdef bytes out
+        cdef char *w
+        cdef Py_ssize_t size, digits
+        cdef list headers
+        if head.has_raw():
+            _walk(head, False, &walk)
+        if (status < 200 or not head.has_raw() or _needs_list(&walk)
+                or walk.host_field):
+            headers = end_to_end(head.headers)
+            if close:
+                headers.append((b"Connection", b"close"))
+            return self.response_head(head, headers)
+        if self._ours != OURS_HEAD_DUE and self._ours != OURS_IDLE:
+            raise RuntimeError("no response is due now")
+        if status >= 1000:
+            raise ValueError(f"status {status} is not a final status")
+        if head.content_length is not None and not head.chunked:
+            length = _decimal(head.content_length)
+        # The framing, as _final chooses it.
+        no_body = status == 204 or status == 304 or (
+            self._method == M_CONNECT and status < 300
+        )
+        if not no_body and length is None:
+            if self._version < 11:
+                need_close = self._method != M_HEAD
+            else:
+                chunked = True
+        # The Connection: close the caller asks for goes before the framing
+        # fields; one the framing or the client's close needs, after them.
+        closing = need_close or not self._keep_alive
+        digits = _decimal_size(status)
+        size = (
+            9 + digits + 1 + len(reason) + 2
+            + walk.kept_size
+            + (16 + len(length) + 2 if length is not None else 0)
+            + (28 if chunked else 0)
+            + (19 if close or closing else 0)
+            + 2
+        )
+        out = PyBytes_FromStringAndSize(NULL, size)
+        w = PyBytes_AS_STRING(out)
+        memcpy(w, b"HTTP/1.1 ", 9)
+        _put_decimal(w + 9, digits, status)
+        w += 9 + digits
+        w[0] = SP
+        w = _put(w + 1, reason)
+        w[0] = CR
+        w[1] = LF
+        w = _put_kept(w + 2, head, False)
+        if close and not closing:
+            w = _put_line(w, b"Connection", 10, b"close", 5)
+        if length is not None:
+            w = _put_line(w, b"Content-Length", 14, length, len(length))
+        if chunked:
+            w = _put_line(w, b"Transfer-Encoding", 17, b"chunked", 7)
+        if closing:
+            w = _put_line(w, b"Connection", 10, b"close", 5)
+        if close or closing:
+            self._keep_alive = False
+        w[0] = CR
+        w[1] = LF
+        if w + 2 != PyBytes_AS_STRING(out) + size:
+            raise AssertionError("forward_response sized its head wrongly")
+        self._upgrade = False
+        self._ours = OURS_BODY
+        self._out_frame(
+            no_body or self._method == M_HEAD, chunked, length is not None,
+            head.content_length if length is not None else 0,
+        )
+        return out
 
     cdef bytes _informational(self, int64_t status, bytes reason,
                               list headers, object extra):
@@ -1433,20 +1681,7 @@ cdef class UpstreamCodec(_Peer):
         cdef Outgoing out
         cdef list fields
         cdef object extra = None
-        cdef const unsigned char *p
-        cdef Py_ssize_t i
-        if self._ours != OURS_IDLE:
-            raise RuntimeError("a request is under way")
-        p = <const unsigned char *>PyBytes_AS_STRING(method)
-        for i in range(len(method)):
-            if not _CLASS[p[i]] & C_TCHAR:
-                raise ValueError(f"illegal method {method!r}")
-        p = <const unsigned char *>PyBytes_AS_STRING(target)
-        for i in range(len(target)):
-            if not _CLASS[p[i]] & C_TARGET:
-                raise ValueError(f"illegal target {target!r}")
-        if not method or not target:
-            raise ValueError("empty method or target")
+        self._check_request_line(method, target)
         if chunked:
             extra = _TE_CHUNKED
         elif content_length is not None:
@@ -1465,6 +1700,95 @@ cdef class UpstreamCodec(_Peer):
             False, out.chunked, True, out.value if out.length else 0
         )
         return _request_bytes(method, target, fields)
+
+    cdef int _check_request_line(self, bytes method,
+                                 bytes target) except -1:
+        cdef const unsigned char *p
+        cdef Py_ssize_t i
+        if self._ours != OURS_IDLE:
+            raise RuntimeError("a request is under way")
+        p = <const unsigned char *>PyBytes_AS_STRING(method)
+        for i in range(len(method)):
+            if not _CLASS[p[i]] & C_TCHAR:
+                raise ValueError(f"illegal method {method!r}")
+        p = <const unsigned char *>PyBytes_AS_STRING(target)
+        for i in range(len(target)):
+            if not _CLASS[p[i]] & C_TARGET:
+                raise ValueError(f"illegal target {target!r}")
+        if not method or not target:
+            raise ValueError("empty method or target")
+        return 0
+
+    def forward_request(self, RequestHead head not None,
+                        bytes target not None, host, bytes peer not None,
+                        bytes default_host not None):
+        """The client's request head as sent to the backend: the fields of
+        _heads.upstream_fields, the client's framing. Written straight from
+        the head's spans, or through request_head for the rare head that
+        needs end_to_end's second pass."""
+        cdef Walk walk
+        cdef bytes method = head.method
+        cdef bytes host_value = host or default_host
+        cdef bytes length = None
+        cdef bytes out
+        cdef char *w
+        cdef Py_ssize_t size, joined
+        if head.has_raw():
+            _walk(head, True, &walk)
+        if not head.has_raw() or _needs_list(&walk):
+            return self.request_head(
+                method, target,
+                upstream_fields(head.headers, host, peer, default_host),
+                head.content_length, head.chunked,
+            )
+        self._check_request_line(method, target)
+        if not head.chunked and head.content_length is not None:
+            length = _decimal(head.content_length)
+        joined = walk.xff_size + 2 * (walk.xff_count - 1) if walk.xff_count else 0
+        size = (
+            len(method) + 1 + len(target) + 11
+            + 6 + len(host_value) + 2
+            + walk.kept_size
+            + 17 + joined + (2 if joined else 0) + len(peer) + 2
+            + 25
+            + (18 + len(host_value) + 2 if host else 0)
+            + (28 if head.chunked else 0)
+            + (16 + len(length) + 2 if length is not None else 0)
+            + 2
+        )
+        out = PyBytes_FromStringAndSize(NULL, size)
+        w = PyBytes_AS_STRING(out)
+        w = _put(w, method)
+        w[0] = SP
+        w = _put(w + 1, target)
+        memcpy(w, b" HTTP/1.1\r\n", 11)
+        w = _put_line(w + 11, b"Host", 4, host_value, len(host_value))
+        w = _put_kept(w, head, True)
+        memcpy(w, b"X-Forwarded-For: ", 17)
+        w = _put_xff(w + 17, head, peer)
+        memcpy(w, b"\r\nX-Forwarded-Proto: http\r\n", 27)
+        w += 27
+        if host:
+            w = _put_line(w, b"X-Forwarded-Host", 16, host_value,
+                          len(host_value))
+        if head.chunked:
+            w = _put_line(w, b"Transfer-Encoding", 17, b"chunked", 7)
+        elif length is not None:
+            w = _put_line(w, b"Content-Length", 14, length, len(length))
+        w[0] = CR
+        w[1] = LF
+        if w + 2 != PyBytes_AS_STRING(out) + size:
+            raise AssertionError("forward_request sized its head wrongly")
+        self._method = _method_kind(
+            <const unsigned char *>PyBytes_AS_STRING(method), len(method)
+        )
+        self._upgrade = False
+        self._ours = OURS_BODY
+        self._out_frame(
+            False, head.chunked, True,
+            head.content_length if length is not None else 0,
+        )
+        return out
 
     def next_event(self):
         cdef int peer = self._peer
@@ -1510,7 +1834,6 @@ cdef class UpstreamCodec(_Peer):
         cdef int major, minor, status
         cdef bint keep_alive
         cdef Fields f
-        cdef list headers = []
         cdef bytes reason
         cdef ResponseHead head
         le = (<const unsigned char *>memchr(p + a, LF, self._last + 1 - a)) - p
@@ -1532,7 +1855,7 @@ cdef class UpstreamCodec(_Peer):
         if status < 100:
             self._fail(400, f"status {status}")
         memset(&f, 0, sizeof(f))
-        self._parse_fields(p, le + 1, self._last, headers, &f)
+        self._parse_fields(p, le + 1, self._last, True, &f)
         if f.status:
             self._fail(f.status, f.fault.decode("ascii"))
         if f.chunked and f.length:
@@ -1551,7 +1874,7 @@ cdef class UpstreamCodec(_Peer):
         head.status = status
         head.reason = reason
         head.version = _version_bytes(major, minor)
-        head.headers = headers
+        _keep_fields(head, p, le + 1, self._last)
         head.content_length = f.value if f.length else None
         head.chunked = f.chunked
         head.keep_alive = keep_alive

@@ -64,7 +64,7 @@ from proxy._core import (
     Timer,
     Waiter,
 )
-from proxy._heads import IDEMPOTENT, RequestHead, end_to_end, upstream_fields
+from proxy._heads import IDEMPOTENT, RequestHead, ResponseHead
 from proxy.codec import END, NEED_DATA, PAUSED
 from proxy.errors import (
     HttpError,
@@ -349,15 +349,9 @@ class ClientProtocol:
         if self.writing_paused:
             # The client has not taken the last response yet.
             up.pause_reading()
-        head = self.request
-        data = up.codec.request_head(
-            head.method,
-            self.target,
-            upstream_fields(
-                head.headers, self.host, self.peer, self.proxy.upstream_host
-            ),
-            head.content_length,
-            head.chunked,
+        data = up.codec.forward_request(
+            self.request, self.target, self.host, self.peer,
+            self.proxy.upstream_host,
         )
         if self.request_done:
             # A retry: the request (without a body) was read already.
@@ -394,11 +388,10 @@ class ClientProtocol:
             if self.phase == FORWARDING:
                 self._arm_exchange()
 
-    def _response_head(self, head, out: list) -> None:
-        headers = end_to_end(head.headers)
+    def _response_head(self, head: ResponseHead, out: list) -> None:
         if head.status < 200:
             if head.status == 100 and self.request.expect_continue:
-                out.append(self.codec.response_head(head, headers))
+                out.append(self.codec.forward_response(head, False))
             return
         self.response_started = True
         self.status = head.status
@@ -409,9 +402,9 @@ class ClientProtocol:
             # An early response: the rest of the body will not be read, so
             # the connection closes after it; say so.
             self.keep_alive = False
-        if not self.keep_alive or self.proxy.draining:
-            headers.append((b"Connection", b"close"))
-        out.append(self.codec.response_head(head, headers))
+        out.append(self.codec.forward_response(
+            head, not self.keep_alive or self.proxy.draining
+        ))
 
     def _response_end(self, up: UpstreamProtocol) -> None:
         self.upstream = None

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Final
 
 import h11
 
-from proxy._heads import RequestHead, ResponseHead
+from proxy._heads import RequestHead, ResponseHead, end_to_end, upstream_fields
 from proxy.errors import (
     BadRequest,
     HeadersTooLarge,
@@ -268,6 +268,14 @@ class H11ClientCodec:
             )
         return self._conn.send(event)
 
+    def forward_response(self, head: ResponseHead, close: bool) -> bytes:
+        """The backend's response head as sent to the client: its
+        end-to-end fields, and ``Connection: close`` when ``close``."""
+        headers = end_to_end(head.headers)
+        if close:
+            headers.append((b"Connection", b"close"))
+        return self.response_head(head, headers)
+
     def body(self, data: bytes) -> bytes:
         return self._conn.send(h11.Data(data=data))
 
@@ -331,6 +339,20 @@ class H11UpstreamCodec:
         self._method = method
         return self._conn.send(
             h11.Request(method=method, target=target, headers=headers)
+        )
+
+    def forward_request(
+        self, head: RequestHead, target: bytes, host: bytes | None,
+        peer: bytes, default_host: bytes,
+    ) -> bytes:
+        """The client's request head as sent to the backend: the fields
+        of ``upstream_fields``, the client's framing."""
+        return self.request_head(
+            head.method,
+            target,
+            upstream_fields(head.headers, host, peer, default_host),
+            head.content_length,
+            head.chunked,
         )
 
     def body(self, data: bytes) -> bytes:
