@@ -21,8 +21,8 @@
 #   sets itself, plus Host (from the resolved target, so neither a
 #   Connection field nor an absolute-form target can make the proxy and
 #   the backend disagree about the site) and X-Forwarded-For, -Proto and
-#   -Host. A client's own X-Forwarded-For values are kept, joined, and the
-#   peer's address appended.
+#   -Host. A client's own X-Forwarded-For values are kept, joined (empty
+#   ones skipped), and the peer's address appended.
 #
 # Both run in one pass over the list in the usual case; a second pass
 # happens only when a Connection field names further fields to drop (the
@@ -272,6 +272,8 @@ cpdef list upstream_fields(list headers, object host, bytes peer,
     for pair in end_to_end(headers):
         role = field_role(<bytes>pair[0], len(<bytes>pair[0]))
         if role == F_FORWARDED_FOR:
+            if not pair[1]:
+                continue  # an empty field adds no hop
             if forwarded_for is None:
                 forwarded_for = pair[1]
             else:

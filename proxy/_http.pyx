@@ -764,7 +764,7 @@ cdef void _walk(Head head, bint request, Walk *w) noexcept:
             w.close_field = True
         elif role == F_HOST:
             w.host_field = True
-        elif role == F_FORWARDED_FOR:
+        elif role == F_FORWARDED_FOR and v:
             w.xff_size += v
             w.xff_count += 1
         if _crosses(role, request):
@@ -807,22 +807,24 @@ cdef char *_put_kept(char *w, Head head, bint request) noexcept:
 
 
 cdef char *_put_xff(char *w, Head head, bytes peer) noexcept:
-    """The X-Forwarded-For values, joined by ", ", then the peer's."""
+    """The X-Forwarded-For values (empty ones skipped), joined by ", ",
+    then the peer's."""
     cdef const char *p = head._raw
     cdef const Span *span = <const Span *><const char *>head._spans
     cdef char *start = w
     cdef Py_ssize_t i, v
     cdef bint first = True
     for i in range(len(head._spans) // sizeof(Span)):
-        if field_role(<const unsigned char *>p + span[i].name_start,
-                      span[i].name_end - span[i].name_start) != F_FORWARDED_FOR:
+        v = span[i].value_end - span[i].value_start
+        if v == 0 or field_role(
+                <const unsigned char *>p + span[i].name_start,
+                span[i].name_end - span[i].name_start) != F_FORWARDED_FOR:
             continue
         if not first:
             w[0] = COMMA
             w[1] = SP
             w += 2
         first = False
-        v = span[i].value_end - span[i].value_start
         memcpy(w, p + span[i].value_start, v)
         w += v
     if w != start:

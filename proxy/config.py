@@ -88,6 +88,8 @@ def _show(value: object) -> str:
         return "a table"
     if isinstance(value, list):
         return "an array"
+    if value is None:
+        return "null"
     return f"a {type(value).__name__}"
 
 

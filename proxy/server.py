@@ -268,14 +268,13 @@ async def _serve(settings: Settings) -> None:
     await admin.start(*settings.admin.address)
     for warning in settings.warnings:
         log.warning("config: %s", warning)
-    host, port = proxy.address
     upstream = settings.upstream
     log.info(
-        "maitred listening on %s:%d, upstream %s:%d, admin %s:%d, "
+        "maitred listening on %s, upstream %s, admin %s, "
         "max_concurrency %d, max_queue %d, engine %s",
-        host, port, upstream.host, upstream.port, *admin.address,
-        settings.limits.max_concurrency, settings.limits.max_queue,
-        proxy.engine.name,
+        _host_port(*proxy.address), _host_port(upstream.host, upstream.port),
+        _host_port(*admin.address), settings.limits.max_concurrency,
+        settings.limits.max_queue, proxy.engine.name,
     )
     stop = asyncio.Event()
 
@@ -307,3 +306,8 @@ async def _serve(settings: Settings) -> None:
     admin.close()
     await proxy.close()
     log.info("maitred stopped")
+
+
+def _host_port(host: str, port: int) -> str:
+    """An address as a user would write it: IPv6 hosts in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -56,6 +56,7 @@ PATCH_UNKNOWN_FIELD = patch({"max_queue": 5, "max_concurency": 4})
 PATCH_OUT_OF_RANGE = patch({"max_queue": 5, "max_concurrency": 0})
 PATCH_TIMEOUT_TOO_LONG = patch({"queue_timeout": "25h"})
 PATCH_NOT_LIVE = patch({"max_connections": 10})
+PATCH_NULL = patch({"queue_timeout": None})
 
 PATCH_SEVERAL = patch({
     "max_concurrency": 12,
@@ -142,9 +143,10 @@ def test_patch_changes_the_named_limits_and_answers_the_new_ones(
         (PATCH_OUT_OF_RANGE, "limits.max_concurrency"),
         (PATCH_TIMEOUT_TOO_LONG, "limits.queue_timeout"),
         (PATCH_NOT_LIVE, "max_connections"),
+        (PATCH_NULL, "got null"),
     ],
     ids=["bad-json", "not-an-object", "unknown-field", "out-of-range",
-         "timeout-too-long", "not-live"],
+         "timeout-too-long", "not-live", "null"],
 )
 def test_rejected_patch_is_400_naming_the_problem_and_changes_nothing(
     start_proxy, start_admin, raw, named

@@ -119,6 +119,14 @@ def test_upstream_fields_set_host_and_forwarded_fields_once():
     ]
 
 
+def test_upstream_fields_skip_empty_forwarded_for_values():
+    headers = [(b"X-Forwarded-For", b""), (b"X-Forwarded-For", b"1.1.1.1")]
+    fields = dict(upstream_fields(headers, b"h", b"127.0.0.1", b"b"))
+    assert fields[b"X-Forwarded-For"] == b"1.1.1.1, 127.0.0.1"
+    fields = dict(upstream_fields(headers[:1], b"h", b"127.0.0.1", b"b"))
+    assert fields[b"X-Forwarded-For"] == b"127.0.0.1"
+
+
 def test_upstream_fields_without_a_host_send_the_backends_own():
     assert upstream_fields([], None, b"::1", b"backend:8000") == [
         (b"Host", b"backend:8000"),
