@@ -834,8 +834,11 @@ cdef char *_put_xff(char *w, Head head, bytes peer) noexcept:
     return _put(w, peer)
 
 
-# The fields of the head being parsed, as spans; one buffer for every
-# codec, since a head is parsed start to end without yielding.
+# The fields of the head being parsed, as spans. One buffer serves every
+# codec: a head is parsed from its first field to _keep_fields in C alone,
+# running no Python code, so no other thread or callback can come between
+# (an error ends the parse and leaves the buffer to the next one). It
+# grows to the most fields one head had, and stays.
 cdef Span *_scratch = NULL
 cdef Py_ssize_t _scratch_len = 0
 cdef Py_ssize_t _scratch_cap = 0

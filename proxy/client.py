@@ -27,6 +27,9 @@ FORWARDING  head sent upstream; the body streams with back-pressure both
 
 Everything is driven by callbacks: data_received, the upstream's events,
 and ``on_deadline`` from the core's tick. No task, no per-request timer.
+Cython compiles this module with the types in client.pxd: the methods the
+event loop, the core and the upstream call stay Python methods; the rest
+are C methods, and the core is called in C.
 
 Invariant: the token is released exactly once, in ``_release``, on every
 path: response relayed, upstream error or timeout, client gone, bad body.

@@ -22,6 +22,8 @@ a request it already answered.
 
 New connections are opened by a task (asyncio's create_connection is a
 coroutine): one per new connection, not one per request.
+
+Cython compiles this module with the types in upstream.pxd.
 """
 
 from __future__ import annotations

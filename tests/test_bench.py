@@ -23,7 +23,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/
 
-from bench import loadgen, procs, stats, systems, wire
+from bench import datapath, loadgen, procs, stats, systems, wire
 from bench.backend import STATS_PATH
 from bench.harness import Context
 from bench.procs import free_port
@@ -126,6 +126,17 @@ def test_backend_answers_stats_outside_its_slots(backend):
     counters = backend_stats(backend)
     assert counters["slots"] == SLOTS
     assert counters["inflight"] == 0 and counters["queued"] == 0
+
+
+# -- the in-process data path measurement ----------------------------------
+
+
+@pytest.mark.parametrize("engine", ["compiled", "h11"])
+def test_datapath_measures_whole_exchanges_and_leaves_no_token(engine):
+    # measure() raises if a connection closed, if requests and responses
+    # did not pair up or if a token stayed in flight.
+    figure = asyncio.run(datapath.measure(engine, 200, profile=False))
+    assert figure > 0
 
 
 # -- the load generator --------------------------------------------------

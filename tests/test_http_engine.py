@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import itertools
+import re
 from dataclasses import dataclass, field
 
 import h11
@@ -1064,6 +1065,32 @@ def test_forward_response_writes_what_the_list_path_writes(fields, status,
         assert direct.body(piece) == listed.body(piece)
         assert direct.end() == listed.end()
         assert direct.next_cycle() == listed.next_cycle()
+
+
+def test_forwarding_a_head_of_many_long_fields_writes_them_all():
+    compiled, reference = engines(max_head=256 * 1024)
+    fields = [(b"X-F%d" % i, b"v" * (i % 97)) for i in range(600)]
+    fields += [(b"X-Forwarded-For", b"10.0.0.%d" % i) for i in range(40)]
+    request = parsed(compiled.client_codec(), head_bytes(
+        b"GET / HTTP/1.1", [(b"Host", b"h.test"), *fields]))
+    written = compiled.upstream_codec().forward_request(
+        request, b"/", b"h.test", b"127.0.0.1", b"b")
+    assert written == reference.upstream_codec().forward_request(
+        request, b"/", b"h.test", b"127.0.0.1", b"b")
+    assert len(re.findall(rb"\r\nX-F\d+: ", written)) == 600
+    assert b"10.0.0.39, 127.0.0.1\r\n" in written
+
+    upstream = compiled.upstream_codec()
+    upstream.request_head(b"GET", b"/", [(b"Host", b"o")], None, False)
+    upstream.end()
+    response = parsed(upstream, head_bytes(
+        b"HTTP/1.1 200 OK", [*fields, (b"Content-Length", b"0")]))
+    client = compiled.client_codec()
+    parsed(client, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    client.next_event()
+    written = client.forward_response(response, False)
+    assert len(re.findall(rb"\r\nX-F\d+: ", written)) == 600
+    assert written.endswith(b"\r\nContent-Length: 0\r\n\r\n")
 
 
 # -- decisions and documented differences (docs/http-engines.md) ---------------
