@@ -619,7 +619,15 @@ cdef bytes _response_bytes(int64_t status, bytes reason, list fields,
         9 + digits + 1 + len(reason) + 2 + _fields_size(fields) + len(body)
     )
     cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
-    cdef char *w = PyBytes_AS_STRING(out)
+    cdef char *w = _put_status_line(PyBytes_AS_STRING(out), status, digits,
+                                    reason)
+    w = _put_fields(w, fields, host_first)
+    _put(w, body)
+    return out
+
+
+cdef char *_put_status_line(char *w, int64_t status, Py_ssize_t digits,
+                            bytes reason) noexcept:
     memcpy(w, b"HTTP/1.1 ", 9)
     _put_decimal(w + 9, digits, status)
     w += 9 + digits
@@ -627,9 +635,7 @@ cdef bytes _response_bytes(int64_t status, bytes reason, list fields,
     w = _put(w + 1, reason)
     w[0] = CR
     w[1] = LF
-    w = _put_fields(w + 2, fields, host_first)
-    _put(w, body)
-    return out
+    return w + 2
 
 
 cdef bytes _request_bytes(bytes method, bytes target, list fields):
@@ -1545,15 +1551,8 @@ cdef class ClientCodec(_Peer):
             + 2
         )
         out = PyBytes_FromStringAndSize(NULL, size)
-        w = PyBytes_AS_STRING(out)
-        memcpy(w, b"HTTP/1.1 ", 9)
-        _put_decimal(w + 9, digits, status)
-        w += 9 + digits
-        w[0] = SP
-        w = _put(w + 1, reason)
-        w[0] = CR
-        w[1] = LF
-        w = _put_kept(w + 2, head, False)
+        w = _put_status_line(PyBytes_AS_STRING(out), status, digits, reason)
+        w = _put_kept(w, head, False)
         if close and not closing:
             w = _put_line(w, b"Connection", 10, b"close", 5)
         if length is not None:

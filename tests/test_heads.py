@@ -1,7 +1,10 @@
 """The compiled message heads and forwarding rules (proxy/_heads.pyx)."""
 
+import importlib
+import importlib.machinery
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,6 +15,17 @@ from proxy._heads import (
     upstream_fields,
     valid_host,
 )
+
+
+@pytest.mark.parametrize(
+    "module", ["proxy._heads", "proxy.client", "proxy.upstream", "proxy.target"]
+)
+def test_the_data_path_modules_are_compiled(module):
+    # A build that fell back to the plain Python files would still pass
+    # every other test, at a fraction of the speed.
+    path = importlib.import_module(module).__file__
+    assert path.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)), path
+
 
 # The reference grammar for a Host value: a reg-name or an IP literal in
 # brackets, then an optional port of up to five digits.
