@@ -841,7 +841,7 @@ cdef char *_put_xff(char *w, Head head, bytes peer) noexcept:
 
 
 # The fields of the head being parsed, as spans. One buffer serves every
-# codec: a head is parsed from its first field to _keep_fields in C alone,
+# codec: from its first field to _kept_spans a head is parsed in C alone,
 # running no Python code, so no other thread or callback can come between
 # (an error ends the parse and leaves the buffer to the next one). It
 # grows to the most fields one head had, and stays.
@@ -869,14 +869,13 @@ cdef int _keep_span(const Span *span, Py_ssize_t base) except -1:
     return 0
 
 
-cdef void _keep_fields(Head head, const unsigned char *p, Py_ssize_t start,
-                       Py_ssize_t last) noexcept:
-    """Give `head` its field lines and the spans the parse kept."""
-    head.set_raw(
-        PyBytes_FromStringAndSize(<const char *>p + start, last + 1 - start),
-        PyBytes_FromStringAndSize(<const char *>_scratch,
-                                  _scratch_len * sizeof(Span)),
-    )
+cdef bytes _kept_spans():
+    """The spans the last parse kept, packed into one bytes object. Taken
+    right after _parse_fields: a bytes object is made without a garbage
+    collection, which could run Python code, and so another parse, before
+    the buffer is read."""
+    return PyBytes_FromStringAndSize(<const char *>_scratch,
+                                     _scratch_len * sizeof(Span))
 
 
 cdef class _Peer:
@@ -1406,6 +1405,7 @@ cdef class ClientCodec(_Peer):
         cdef int major, minor
         cdef Fields f
         cdef RequestHead head
+        cdef bytes spans
         cdef object length
         le = (<const unsigned char *>memchr(p + a, LF, self._last + 1 - a)) - p
         e = le - 1 if le > a and p[le - 1] == CR else le
@@ -1431,6 +1431,7 @@ cdef class ClientCodec(_Peer):
         minor = p[i + 7] - 48
         memset(&f, 0, sizeof(f))
         self._parse_fields(p, le + 1, self._last, True, &f)
+        spans = _kept_spans()
         if f.status:
             self._fail(f.status, f.fault.decode("ascii"))
         if major == 1 and minor == 1 and f.hosts == 0:
@@ -1459,7 +1460,8 @@ cdef class ClientCodec(_Peer):
         head.method = _method_bytes(p + a, m - a)
         head.target = PyBytes_FromStringAndSize(<const char *>p + t, te - t)
         head.version = _version_bytes(major, minor)
-        _keep_fields(head, p, le + 1, self._last)
+        head.set_raw(PyBytes_FromStringAndSize(
+            <const char *>p + le + 1, self._last - le), spans)
         head.content_length = length
         head.chunked = f.chunked
         head.keep_alive = self._version != 10 and not f.close_text
@@ -1838,7 +1840,7 @@ cdef class UpstreamCodec(_Peer):
         cdef int major, minor, status
         cdef bint keep_alive
         cdef Fields f
-        cdef bytes reason
+        cdef bytes reason, spans
         cdef ResponseHead head
         le = (<const unsigned char *>memchr(p + a, LF, self._last + 1 - a)) - p
         e = le - 1 if le > a and p[le - 1] == CR else le
@@ -1860,6 +1862,7 @@ cdef class UpstreamCodec(_Peer):
             self._fail(400, f"status {status}")
         memset(&f, 0, sizeof(f))
         self._parse_fields(p, le + 1, self._last, True, &f)
+        spans = _kept_spans()
         if f.status:
             self._fail(f.status, f.fault.decode("ascii"))
         if f.chunked and f.length:
@@ -1878,7 +1881,8 @@ cdef class UpstreamCodec(_Peer):
         head.status = status
         head.reason = reason
         head.version = _version_bytes(major, minor)
-        _keep_fields(head, p, le + 1, self._last)
+        head.set_raw(PyBytes_FromStringAndSize(
+            <const char *>p + le + 1, self._last - le), spans)
         head.content_length = f.value if f.length else None
         head.chunked = f.chunked
         head.keep_alive = keep_alive
