@@ -6,9 +6,11 @@
 # Both HTTP engines hand the data path a RequestHead or a ResponseHead:
 # the parsed start line, the fields as (name as sent, value) pairs, and
 # the framing the parser settled on. The compiled engine fills them in C;
-# h11's codec builds them through the constructor. Neither carries raw
-# head bytes: what goes out is re-serialised from these fields, so the
-# backend cannot frame a message differently from how the proxy framed it.
+# h11's codec builds them through the constructor. What goes out is
+# written again from the parsed fields (names as sent, values trimmed,
+# CRLF line ends, framing from the parsed framing), never copied as a
+# block, so the backend cannot frame a message differently from how the
+# proxy framed it.
 #
 # Two rules decide which fields cross, whatever engine parsed them:
 #
@@ -33,8 +35,9 @@
 # and builds the (name, value) list only if asked for `headers`. The
 # compiled codecs' forward_request and forward_response apply the two
 # rules above straight to the spans (field_role, connection_names), so a
-# forwarded head costs two allocations whatever its number of fields;
-# they fall back to the list for the rare head that needs the second pass.
+# forwarded head costs the same few allocations whatever its number of
+# fields; they fall back to the list for the rare head that needs the
+# second pass.
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
