@@ -212,6 +212,11 @@ def _bracketed(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def format_address(host: str, port: int) -> str:
+    """host:port as a user writes it: an IPv6 host in brackets."""
+    return f"{_bracketed(host)}:{port}"
+
+
 _URL_EXPECTED = 'an http:// URL such as "http://127.0.0.1:8000"'
 
 
@@ -378,8 +383,7 @@ class _Address(Kind):
         return host, int(port)
 
     def format(self, value: Any) -> TomlValue:
-        host, port = value
-        return f"{_bracketed(host)}:{port}"
+        return format_address(*value)
 
 
 class _HttpUrl(Kind):

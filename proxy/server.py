@@ -17,7 +17,14 @@ import time
 from proxy import _core
 from proxy.client import ClientProtocol
 from proxy.codec import make_engine
-from proxy.config import FIELDS, LIVE_KEYS, Settings, live_fields, load
+from proxy.config import (
+    FIELDS,
+    LIVE_KEYS,
+    Settings,
+    format_address,
+    live_fields,
+    load,
+)
 from proxy.errors import ConfigError, ListenError
 from proxy.logs import access_logger
 from proxy.responses import raw_shed, retry_after
@@ -272,8 +279,9 @@ async def _serve(settings: Settings) -> None:
     log.info(
         "maitred listening on %s, upstream %s, admin %s, "
         "max_concurrency %d, max_queue %d, engine %s",
-        _host_port(*proxy.address), _host_port(upstream.host, upstream.port),
-        _host_port(*admin.address), settings.limits.max_concurrency,
+        format_address(*proxy.address),
+        format_address(upstream.host, upstream.port),
+        format_address(*admin.address), settings.limits.max_concurrency,
         settings.limits.max_queue, proxy.engine.name,
     )
     stop = asyncio.Event()
@@ -307,7 +315,3 @@ async def _serve(settings: Settings) -> None:
     await proxy.close()
     log.info("maitred stopped")
 
-
-def _host_port(host: str, port: int) -> str:
-    """An address as a user would write it: IPv6 hosts in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
