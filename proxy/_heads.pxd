@@ -72,6 +72,7 @@ cdef inline bint ieq(const unsigned char *p, Py_ssize_t n,
 
 
 cpdef list end_to_end(list headers)
+cpdef list response_fields(list headers, bint close)
 cpdef list upstream_fields(list headers, object host, bytes peer,
                            bytes default_host)
 cpdef bint valid_host(bytes host)

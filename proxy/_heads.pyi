@@ -64,6 +64,10 @@ def end_to_end(headers: Headers) -> Headers:
     """The fields that cross the proxy: hop-by-hop ones and those the
     Connection field names are dropped."""
 
+def response_fields(headers: Headers, close: bool) -> Headers:
+    """A response's fields as sent to the client: the end-to-end ones, and
+    ``Connection: close`` when the connection ends after it."""
+
 def upstream_fields(
     headers: Headers, host: bytes | None, peer: bytes, default_host: bytes
 ) -> Headers:

@@ -51,6 +51,7 @@ cdef bytes _XFH = b"X-Forwarded-Host"
 cdef bytes _HTTP = b"http"
 cdef bytes _COMMA_SP = b", "
 cdef bytes _CHUNKED = b"chunked"
+cdef tuple _CONNECTION_CLOSE = (b"Connection", b"close")
 
 
 cdef class Head:
@@ -258,6 +259,15 @@ cpdef list end_to_end(list headers):
         return kept
     dropped = _connection_named(headers)
     return [pair for pair in kept if (<bytes>pair[0]).lower() not in dropped]
+
+
+cpdef list response_fields(list headers, bint close):
+    """A response's fields as sent to the client: the end-to-end ones, and
+    ``Connection: close`` when the connection ends after it."""
+    cdef list fields = end_to_end(headers)
+    if close:
+        fields.append(_CONNECTION_CLOSE)
+    return fields
 
 
 cpdef list upstream_fields(list headers, object host, bytes peer,

@@ -114,9 +114,9 @@ from proxy._heads cimport (
     ResponseHead,
     Span,
     connection_names,
-    end_to_end,
     field_role,
     ieq,
+    response_fields,
     upstream_fields,
 )
 from proxy.codec import END, NEED_DATA, PAUSED
@@ -999,6 +999,17 @@ cdef class _Peer:
 
     # -- finding heads and lines -----------------------------------------------
 
+    cdef Py_ssize_t _checked_head(self, str head, str line) except -2:
+        """The length of the head that starts at _pos, -1 while it is
+        incomplete; refused at once when over the limit (431) or when its
+        first byte cannot start a start line (400)."""
+        cdef Py_ssize_t n = self._find_head()
+        if n > self._limit or n < 0 and self._end - self._pos > self._limit:
+            self._fail(431, f"{head} over {self._limit} bytes")
+        if self._ptr()[self._pos] < 0x21:
+            self._fail(400, f"illegal {line}")
+        return n
+
     cdef Py_ssize_t _find_head(self) except -2:
         """Bytes up to the end of the blank line that ends a head, or -1.
 
@@ -1388,11 +1399,7 @@ cdef class ClientCodec(_Peer):
                 self._peer = PEER_CLOSED
                 return END
             return NEED_DATA
-        n = self._find_head()
-        if n > self._limit or n < 0 and self._end - self._pos > self._limit:
-            self._fail(431, f"request head over {self._limit} bytes")
-        if self._ptr()[self._pos] < 0x21:
-            self._fail(400, "illegal request line")
+        n = self._checked_head("request head", "request line")
         if n < 0:
             return self._incomplete()
         return self._parse_request(n)
@@ -1516,15 +1523,13 @@ cdef class ClientCodec(_Peer):
         cdef bytes out
         cdef char *w
         cdef Py_ssize_t size, digits
-        cdef list headers
         if head.has_raw():
             _walk(head, False, &walk)
         if (status < 200 or not head.has_raw() or _needs_list(&walk)
                 or walk.host_field):
-            headers = end_to_end(head.headers)
-            if close:
-                headers.append((b"Connection", b"close"))
-            return self.response_head(head, headers)
+            return self.response_head(
+                head, response_fields(head.headers, close)
+            )
         if self._ours != OURS_HEAD_DUE and self._ours != OURS_IDLE:
             raise RuntimeError("no response is due now")
         if status >= 1000:
@@ -1771,7 +1776,10 @@ cdef class UpstreamCodec(_Peer):
         w = _put_line(w + 11, b"Host", 4, host_value, len(host_value))
         w = _put_kept(w, head, True)
         memcpy(w, b"X-Forwarded-For: ", 17)
-        w = _put_xff(w + 17, head, peer)
+        if walk.xff_count:
+            w = _put_xff(w + 17, head, peer)
+        else:
+            w = _put(w + 17, peer)
         memcpy(w, b"\r\nX-Forwarded-Proto: http\r\n", 27)
         w += 27
         if host:
@@ -1824,11 +1832,7 @@ cdef class UpstreamCodec(_Peer):
                 self._peer = PEER_CLOSED
                 raise UpstreamError("upstream closed the connection")
             return NEED_DATA
-        n = self._find_head()
-        if n > self._limit or n < 0 and self._end - self._pos > self._limit:
-            self._fail(431, f"response head over {self._limit} bytes")
-        if self._ptr()[self._pos] < 0x21:
-            self._fail(400, "illegal status line")
+        n = self._checked_head("response head", "status line")
         if n < 0:
             return self._incomplete()
         return self._parse_response(n)

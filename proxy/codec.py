@@ -30,7 +30,12 @@ from typing import TYPE_CHECKING, Final
 
 import h11
 
-from proxy._heads import RequestHead, ResponseHead, end_to_end, upstream_fields
+from proxy._heads import (
+    RequestHead,
+    ResponseHead,
+    response_fields,
+    upstream_fields,
+)
 from proxy.errors import (
     BadRequest,
     HeadersTooLarge,
@@ -271,10 +276,7 @@ class H11ClientCodec:
     def forward_response(self, head: ResponseHead, close: bool) -> bytes:
         """The backend's response head as sent to the client: its
         end-to-end fields, and ``Connection: close`` when ``close``."""
-        headers = end_to_end(head.headers)
-        if close:
-            headers.append((b"Connection", b"close"))
-        return self.response_head(head, headers)
+        return self.response_head(head, response_fields(head.headers, close))
 
     def body(self, data: bytes) -> bytes:
         return self._conn.send(h11.Data(data=data))

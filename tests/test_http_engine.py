@@ -30,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy import _http
+from proxy import _heads, _http
 from proxy._heads import end_to_end, upstream_fields
 from proxy.codec import (
     END,
@@ -1056,6 +1056,7 @@ def test_forward_response_writes_what_the_list_path_writes(fields, status,
     headers = end_to_end(head.headers)
     if close:
         headers.append((b"Connection", b"close"))
+    assert _heads.response_fields(head.headers, close) == headers
     assert written == listed.response_head(head, headers)
     assert written == h11.forward_response(head, close)
     if status >= 200 and not request.startswith(b"HEAD") and status not in (
