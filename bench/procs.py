@@ -70,6 +70,19 @@ class Child:
                 raise StartError(f"{name} could not be run: {error}") from None
         self.pid = self.proc.pid
 
+    @classmethod
+    def listening(cls, name: str, cmd: list[str], log: Path, cpu: int | None,
+                  port: int, cwd: Path | None = None) -> Child:
+        """Start a child and return once it listens on ``port``; a child
+        that never does is stopped before the error goes on."""
+        child = cls(name, cmd, log, cpu, cwd)
+        try:
+            child.wait_for_port(port)
+        except BaseException:
+            child.stop()
+            raise
+        return child
+
     def wait_for_port(self, port: int, timeout: float = 15.0) -> None:
         """Return once 127.0.0.1:port accepts; StartError if the child died."""
         deadline = time.monotonic() + timeout

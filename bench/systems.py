@@ -192,13 +192,8 @@ def start_backend(workdir: Path, slots: int, service_ms: float,
     port = free_port()
     cmd = [sys.executable, "-m", "bench.backend", "--port", str(port),
            "--slots", str(slots), "--service-ms", str(service_ms)]
-    child = Child("backend", cmd, workdir / f"backend-{port}.log", cpu,
-                  cwd=REPO_ROOT)
-    try:
-        child.wait_for_port(port)
-    except BaseException:
-        child.stop()
-        raise
+    child = Child.listening("backend", cmd, workdir / f"backend-{port}.log",
+                            cpu, port, cwd=REPO_ROOT)
     return child, port
 
 
@@ -214,13 +209,9 @@ def start_system(peer: Peer, upstream: int, backend: Child, limits: Limits,
     port = free_port()
     starters = {"haproxy": _haproxy, "nginx": _nginx, "maitred": _maitred}
     cmd, reader = starters[peer.kind](peer, port, upstream, limits, workdir)
-    child = Child(peer.name, cmd, workdir / f"{peer.name}-{port}.log", cpu,
-                  cwd=REPO_ROOT)
-    try:
-        child.wait_for_port(port)
-    except BaseException:
-        child.stop()
-        raise
+    child = Child.listening(peer.name, cmd,
+                            workdir / f"{peer.name}-{port}.log", cpu, port,
+                            cwd=REPO_ROOT)
     return Running(peer, port, child, reader), child
 
 
@@ -374,12 +365,8 @@ def start_nginx_origin(nginx: str, workdir: Path,
     conf.write_text(nginx_config(prefix, port, None, Limits()))
     cmd = [nginx, "-p", str(prefix), "-c", str(conf),
            "-e", str(prefix / "error.log"), "-g", "daemon off;"]
-    child = Child("nginx origin", cmd, prefix / "stdout.log", cpu)
-    try:
-        child.wait_for_port(port)
-    except BaseException:
-        child.stop()
-        raise
+    child = Child.listening("nginx origin", cmd, prefix / "stdout.log", cpu,
+                            port)
     return child, port
 
 
